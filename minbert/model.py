@@ -1,0 +1,286 @@
+"""BERT (Devlin et al. 2019) from scratch, with the parameter names of a Hugging Face checkpoint.
+
+Read top to bottom: config, embeddings, attention, feed-forward, layer, model, loading.
+Parameter names and shapes equal HF `BertModel`'s, so a checkpoint's state dict loads
+after only the renames old checkpoints need (`gamma`/`beta`, a `bert.` prefix).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minbert.checkpoints import load_state_dict, resolve_checkpoint
+
+
+class ConfigError(ValueError):
+    """A config.json (or a config value) that this BERT cannot honour."""
+
+
+_ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+@dataclass
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of "
+                f"num_attention_heads ({self.num_attention_heads})")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; "
+                              f"use one of {sorted(_ACTIVATIONS)}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "config") -> "BertConfig":
+        model_type = values.get("model_type", "bert")
+        if model_type != "bert":
+            raise ConfigError(f"{source}: model_type {model_type!r} is not a BERT; "
+                              "minbert loads model_type 'bert' only")
+        position_type = values.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise ConfigError(f"{source}: position_embedding_type {position_type!r} is not "
+                              "supported; only 'absolute' is")
+        if values.get("is_decoder") or values.get("add_cross_attention"):
+            raise ConfigError(f"{source}: decoder BERTs are not supported")
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in values.items() if k in known and v is not None})
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "BertConfig":
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(values, source=str(path))
+
+    def to_dict(self) -> dict:
+        return {"model_type": "bert", "architectures": ["BertModel"],
+                "position_embedding_type": "absolute",
+                **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+                                            padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, word_embeds: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        """Adds position and segment embeddings to the (possibly perturbed) word embeddings."""
+        seq_len = word_embeds.shape[1]
+        positions = self.position_embeddings.weight[:seq_len]
+        x = word_embeds + positions + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, seq, hidden = x.shape
+
+        def heads(t):  # (batch, seq, hidden) -> (batch, heads, seq, head_dim)
+            return t.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+
+        if torch.is_grad_enabled():
+            q, k, v = self.query(x), self.key(x), self.value(x)
+        else:  # inference: one matmul for q, k and v, (batch, seq, 3 * hidden); faster on CPU
+            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+            q, k, v = F.linear(x, weight, bias).split(hidden, dim=-1)
+        out = F.scaled_dot_product_attention(
+            heads(q), heads(k), heads(v), attn_mask=mask,
+            dropout_p=self.dropout_p if self.training else 0.0)
+        return out.transpose(1, 2).reshape(batch, seq, hidden)
+
+
+class ResidualOutput(nn.Module):
+    """Projection, dropout and the post-LayerNorm residual (HF names: dense, LayerNorm)."""
+
+    def __init__(self, config: BertConfig, in_features: int):
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = ResidualOutput(config, config.hidden_size)
+
+    def forward(self, x, mask):
+        return self.output(self.self(x, mask), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = _ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = ResidualOutput(config, config.intermediate_size)
+
+    def forward(self, x, mask):
+        x = self.attention(x, mask)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x, mask):
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden):
+        return torch.tanh(self.dense(hidden[:, 0]))
+
+
+class BertModel(nn.Module):
+    """The BERT encoder: `model(input_ids, attention_mask, token_type_ids)` returns
+    `(last_hidden_state (batch, seq, hidden), pooled_output (batch, hidden))`."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def word_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The per-token input embeddings, the point where SMART adds its perturbation."""
+        return self.embeddings.word_embeddings(input_ids)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, *,
+                inputs_embeds=None):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        word_embeds = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        batch, seq = word_embeds.shape[:2]
+        if seq > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {seq} exceeds max_position_embeddings "
+                             f"({self.config.max_position_embeddings})")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(batch, seq, dtype=torch.long, device=word_embeds.device)
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, seq): True = attend
+        hidden = self.encoder(self.embeddings(word_embeds, token_type_ids), mask)
+        return hidden, self.pooler(hidden)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, strict: bool = False,
+                        verbose: bool = True) -> "BertModel":
+        """Loads a BERT from a local HF folder, the offline name `minilm-l6`, or a hub id."""
+        folder = resolve_checkpoint(name_or_path)
+        config = BertConfig.from_json(folder / "config.json")
+        model = cls(config)
+        state, source = load_state_dict(folder)
+        report = model.load_hf_state_dict(state, source)
+        if strict and (report["missing"] or report["unexpected"]):
+            raise KeyError(f"{source}: missing keys {report['missing']}, "
+                           f"unexpected keys {report['unexpected']}")
+        if verbose and (report["missing"] or report["unexpected"]):
+            import warnings
+            warnings.warn(f"{source}: missing keys {report['missing'] or 'none'}; "
+                          f"unexpected keys {report['unexpected'] or 'none'}", stacklevel=2)
+        model.source = str(folder)
+        return model.eval()
+
+    def load_hf_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> dict:
+        """Copies HF-named tensors in; refuses wrong shapes; returns missing/unexpected keys."""
+        own = self.state_dict()
+        renamed = {}
+        for key, tensor in state.items():
+            key = key.removeprefix("bert.")
+            if key.endswith(".gamma"):
+                key = key[:-len("gamma")] + "weight"
+            elif key.endswith(".beta"):
+                key = key[:-len("beta")] + "bias"
+            if key == "embeddings.position_ids":  # a buffer in HF, derived here
+                continue
+            renamed[key] = tensor
+        for key, tensor in renamed.items():
+            if key in own and own[key].shape != tensor.shape:
+                raise ValueError(f"{source}: tensor {key} has shape {tuple(tensor.shape)}, "
+                                 f"the config needs {tuple(own[key].shape)}")
+        missing = sorted(set(own) - set(renamed))
+        unexpected = sorted(set(renamed) - set(own))
+        self.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=False)
+        return {"missing": missing, "unexpected": unexpected}
+
+
+def num_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
