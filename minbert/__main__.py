@@ -1,0 +1,5 @@
+import sys
+
+from minbert.cli import main
+
+sys.exit(main())

@@ -1,0 +1,186 @@
+"""Reading the task files, subsampling, and length-bucketed batches with dynamic padding.
+
+The files are the CS224N ones (see ../shared/data/SOURCES.md): tab-separated, a header,
+an unnamed index column, read by column name. Test files have no label column.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from minbert.tokenizer import pad_batch
+
+csv.field_size_limit(10_000_000)
+
+
+class DataError(ValueError):
+    """A data file that cannot be used; the message names the file (and line)."""
+
+
+@dataclass
+class Examples:
+    """One split of one task, column-wise: ids, one or two text columns, labels (or None)."""
+    ids: list[str]
+    texts: list[list[str]]  # one list per text column: [sentences] or [firsts, seconds]
+    labels: np.ndarray | None = None
+    sources: list[str] = field(default_factory=list)  # file each example came from
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, indices: Sequence[int]) -> "Examples":
+        indices = list(indices)
+        return Examples(
+            ids=[self.ids[i] for i in indices],
+            texts=[[column[i] for i in indices] for column in self.texts],
+            labels=None if self.labels is None else self.labels[indices],
+            sources=[self.sources[i] for i in indices] if self.sources else [])
+
+    @staticmethod
+    def concatenate(parts: Sequence["Examples"]) -> "Examples":
+        labels = [p.labels for p in parts]
+        return Examples(
+            ids=[i for p in parts for i in p.ids],
+            texts=[[t for p in parts for t in p.texts[c]] for c in range(len(parts[0].texts))],
+            labels=None if any(x is None for x in labels) else np.concatenate(labels),
+            sources=[s for p in parts for s in p.sources])
+
+
+def read_examples(path: str | Path, text_columns: Sequence[str], label_column: str | None,
+                  parse_label: Callable[[str], float] | None = None) -> Examples:
+    """Reads a task file. With `label_column`, every row needs a label that parses.
+
+    Rows whose label is empty or that lack fields (quora-dev.csv has two) are skipped with
+    one warning that counts them and names their ids; any other bad label is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    ids, texts, labels, skipped = [], [[] for _ in text_columns], [], []
+    with open(path, encoding="utf-8", newline="") as fp:
+        reader = csv.DictReader(fp, delimiter="\t")
+        header = reader.fieldnames
+        if not header:
+            raise DataError(f"{path}: the file is empty (no header line)")
+        needed = ["id", *text_columns] + ([label_column] if label_column else [])
+        missing = [c for c in needed if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; the header has "
+                            f"{[c for c in header if c]}")
+        for row in reader:
+            if any(row.get(c) is None for c in needed):  # short row
+                skipped.append(row.get("id") or f"line {reader.line_num}")
+                continue
+            if label_column:
+                raw = row[label_column].strip()
+                if raw == "":
+                    skipped.append(row["id"])
+                    continue
+                try:
+                    label = parse_label(raw) if parse_label else float(raw)
+                except ValueError as e:
+                    raise DataError(f"{path}, line {reader.line_num}, column {label_column!r}: "
+                                    f"{e}") from None
+                labels.append(label)
+            ids.append(row["id"])
+            for column, name in zip(texts, text_columns):
+                column.append(row[name])
+    if skipped:
+        warnings.warn(f"{path}: skipped {len(skipped)} malformed row(s) (empty label or missing "
+                      f"fields), ids: {', '.join(skipped[:20])}", stacklevel=2)
+    if not ids:
+        raise DataError(f"{path}: no usable rows")
+    return Examples(ids, texts, np.asarray(labels, dtype=np.float64) if label_column else None,
+                    [str(path)] * len(ids))
+
+
+def subsample_indices(size: int, amount: float | int | None, seed: int) -> np.ndarray:
+    """Seeded sample without replacement: `amount` < 1 is a fraction, ≥ 1 a count."""
+    if amount is None:
+        return np.arange(size)
+    count = int(round(amount * size)) if amount < 1 else int(amount)
+    if count <= 0:
+        raise ValueError(f"subsample {amount} keeps no example of {size}")
+    count = min(count, size)
+    return np.sort(np.random.default_rng(seed).choice(size, size=count, replace=False))
+
+
+@dataclass
+class Batch:
+    """A padded batch of one task: one segment for single sentences and cross-encoded pairs,
+    two (each sentence alone) for bi-encoded pairs."""
+    task: str
+    segments: list[dict[str, torch.Tensor]]
+    labels: torch.Tensor | None
+    indices: np.ndarray  # positions in the task's example list
+
+    @property
+    def size(self) -> int:
+        return len(self.indices)
+
+    def to(self, device) -> "Batch":
+        return Batch(self.task, [{k: v.to(device, non_blocking=True) for k, v in s.items()}
+                                 for s in self.segments],
+                     None if self.labels is None else self.labels.to(device), self.indices)
+
+    def token_counts(self) -> tuple[int, int]:
+        """(real tokens, padded slots) over all segments."""
+        real = sum(int(s["attention_mask"].sum()) for s in self.segments)
+        slots = sum(s["attention_mask"].numel() for s in self.segments)
+        return real, slots
+
+
+class EncodedTask:
+    """A task split tokenised once: per example, one (ids, type_ids) per segment."""
+
+    def __init__(self, name: str, examples: Examples, tokenizer, cross_encode: bool):
+        self.name = name
+        self.examples = examples
+        self.pad_id = tokenizer.pad_id
+        if len(examples.texts) == 1 or cross_encode:
+            self.segments = [tokenizer.encode_ids(*examples.texts)]
+        else:
+            self.segments = [tokenizer.encode_ids(column) for column in examples.texts]
+        self.lengths = np.array([sum(len(seg[i][0]) for seg in self.segments)
+                                 for i in range(len(examples))])
+        self.labels = None if examples.labels is None else torch.as_tensor(
+            examples.labels, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def batch(self, indices: np.ndarray) -> Batch:
+        segments = [pad_batch([seg[i] for i in indices], self.pad_id) for seg in self.segments]
+        labels = None if self.labels is None else self.labels[torch.as_tensor(indices)]
+        return Batch(self.name, segments, labels, indices)
+
+    def bucketed_batches(self, batch_size: int, generator: np.random.Generator,
+                         bucket_batches: int = 50) -> list[np.ndarray]:
+        """Shuffled batches whose members have similar lengths, so little goes to padding.
+
+        Shuffle, cut into buckets of `bucket_batches` batches, sort each bucket by length,
+        cut it into batches, shuffle the batch order."""
+        order = generator.permutation(len(self))
+        batches = []
+        bucket = batch_size * bucket_batches
+        for start in range(0, len(order), bucket):
+            chunk = order[start:start + bucket]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        return [batches[i] for i in generator.permutation(len(batches))]
+
+    def sorted_batches(self, batch_size: int) -> list[np.ndarray]:
+        """Evaluation batches: sorted by length, deterministic."""
+        order = np.argsort(self.lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def num_batches(size: int, batch_size: int) -> int:
+    return math.ceil(size / batch_size)

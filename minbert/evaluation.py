@@ -1,0 +1,68 @@
+"""Scoring as the CS224N leaderboard does, and its prediction files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minbert.data import EncodedTask
+from minbert.tasks import Task
+
+
+def overall_score(metrics: dict[str, float], tasks: dict[str, Task]) -> float:
+    """Mean of the task metrics with a correlation r counted as (r + 1) / 2; for the three
+    built-ins that is (sst_acc + quora_acc + (sts_corr + 1) / 2) / 3."""
+    parts = [(metrics[name] + 1) / 2 if task.metric_name == "pearson" else metrics[name]
+             for name, task in tasks.items() if name in metrics]
+    return float(np.mean(parts))
+
+
+@torch.no_grad()
+def predict(model, task: Task, data: EncodedTask, batch_size: int, device,
+            autocast_dtype=None) -> np.ndarray:
+    """Predictions in label units for every example of `data`, in file order."""
+    was_training = model.training
+    model.eval()
+    out = np.zeros(len(data), dtype=np.float64)
+    for indices in data.sorted_batches(batch_size):
+        batch = data.batch(indices).to(device)
+        with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
+                            enabled=autocast_dtype is not None):
+            logits = model(batch)
+        out[indices] = task.predict(logits.float()).cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def evaluate(model, tasks: dict[str, Task], datasets: dict[str, EncodedTask], batch_size: int,
+             device, autocast_dtype=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Per-task metric and the overall score on labelled splits; also the predictions."""
+    metrics, predictions = {}, {}
+    for name, data in datasets.items():
+        predictions[name] = predict(model, tasks[name], data, batch_size, device, autocast_dtype)
+        metrics[name] = tasks[name].metric(predictions[name], data.examples.labels)
+    metrics["overall"] = overall_score(metrics, tasks)
+    return metrics, predictions
+
+
+def write_predictions(path: str | Path, task: Task, ids: list[str], predictions) -> None:
+    """The skeleton's format: a header `id \\t Predicted_...`, then `id , prediction` rows."""
+    values = predictions.astype(int) if task.metric_name == "accuracy" else predictions
+    with open(path, "w", encoding="utf-8") as fp:
+        fp.write(f"id \t {task.prediction_header} \n")
+        for example_id, value in zip(ids, values):
+            fp.write(f"{example_id} , {task.format_prediction(value)} \n")
+
+
+def format_table(metrics: dict[str, float], tasks: dict[str, Task], title: str = "dev") -> str:
+    rows = [f"{'task':<10}{'metric':<10}{title:>8}"]
+    rows += [f"{name:<10}{tasks[name].metric_name:<10}{metrics[name]:>8.3f}"
+             for name in tasks if name in metrics]
+    rows.append(f"{'overall':<10}{'':<10}{metrics['overall']:>8.3f}")
+    return "\n".join(rows)
+
+
+def write_json(path: str | Path, values: dict) -> None:
+    Path(path).write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")

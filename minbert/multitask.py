@@ -1,0 +1,112 @@
+"""One shared BERT encoder and a small head per task.
+
+Pairs are cross-encoded (one pass over `[CLS] a [SEP] b [SEP]`) or bi-encoded (each
+sentence alone, then combined as [u; v; |u−v|; u⊙v], or by cosine for a regression task).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minbert.data import Batch
+from minbert.model import BertModel
+from minbert.tasks import RegressionTask, Task
+
+POOLINGS = ("mean", "cls", "pooler")
+PAIR_ENCODINGS = ("cross", "bi")
+SIMILARITY_HEADS = ("cosine", "concat")
+
+
+class LinearHead(nn.Module):
+    """For a single sentence or a cross-encoded pair: dropout, then one linear layer."""
+
+    def __init__(self, hidden: int, outputs: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, outputs)
+
+    def forward(self, rep):
+        return self.out(self.dropout(rep))
+
+
+class ConcatPairHead(nn.Module):
+    """Bi-encoded pair: [u; v; |u−v|; u⊙v] (Conneau et al. 2017), then a linear layer."""
+
+    def __init__(self, hidden: int, outputs: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(4 * hidden, outputs)
+
+    def forward(self, u, v):
+        return self.out(self.dropout(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)))
+
+
+class CosinePairHead(nn.Module):
+    """Bi-encoded pair scored by cosine similarity, scaled into a logit (learned affine)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(5.0))
+        self.shift = nn.Parameter(torch.tensor(-2.5))
+
+    def forward(self, u, v):
+        return (self.scale * F.cosine_similarity(u, v, dim=-1) + self.shift).unsqueeze(-1)
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, encoder: BertModel, tasks: dict[str, Task], pair_encoding: str = "cross",
+                 pooling: str = "mean", head_dropout: float = 0.1,
+                 similarity_head: str = "cosine"):
+        super().__init__()
+        for option, value, allowed in (("model.pair_encoding", pair_encoding, PAIR_ENCODINGS),
+                                       ("model.pooling", pooling, POOLINGS),
+                                       ("model.similarity_head", similarity_head,
+                                        SIMILARITY_HEADS)):
+            if value not in allowed:
+                raise ValueError(f"{option}: {value!r} is not one of {allowed}")
+        self.encoder = encoder
+        self.pair_encoding = pair_encoding
+        self.pooling = pooling
+        hidden = encoder.config.hidden_size
+        heads = {}
+        for name, task in tasks.items():
+            if not task.is_pair or pair_encoding == "cross":
+                heads[name] = LinearHead(hidden, task.num_outputs, head_dropout)
+            elif isinstance(task, RegressionTask) and similarity_head == "cosine":
+                heads[name] = CosinePairHead()
+            else:
+                heads[name] = ConcatPairHead(hidden, task.num_outputs, head_dropout)
+        self.heads = nn.ModuleDict(heads)
+
+    @property
+    def cross_encode(self) -> bool:
+        return self.pair_encoding == "cross"
+
+    def embed(self, batch: Batch) -> list[torch.Tensor]:
+        """Word embeddings of each segment, (batch, seq, hidden): what SMART perturbs."""
+        return [self.encoder.word_embeddings(s["input_ids"]) for s in batch.segments]
+
+    def represent(self, segment: dict[str, torch.Tensor], word_embeds: torch.Tensor):
+        hidden, pooled = self.encoder(inputs_embeds=word_embeds,
+                                      attention_mask=segment["attention_mask"],
+                                      token_type_ids=segment["token_type_ids"])
+        if self.pooling == "pooler":
+            return pooled
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = segment["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, batch: Batch, word_embeds: list[torch.Tensor] | None = None):
+        """Logits of `batch.task`, (batch, num_outputs); `word_embeds` replaces the lookup."""
+        if word_embeds is None:
+            word_embeds = self.embed(batch)
+        reps = [self.represent(s, e) for s, e in zip(batch.segments, word_embeds)]
+        return self.heads[batch.task](*reps)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return [p for p in self.heads[task].parameters() if p.requires_grad]

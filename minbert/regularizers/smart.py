@@ -1,0 +1,168 @@
+"""SMART (Jiang et al., ACL 2020): smoothness-inducing adversarial regularisation and
+Bregman proximal-point optimisation with a momentum teacher.
+
+For one task's batch the regulariser adds to that task's loss (Eq. 1 and 4 of the paper)
+
+    λs · E[ℓs(f(x + δ; θ), f(x; θ))]  +  μ · E[ℓs(f(x; θ), f(x; θ̃))]
+
+where δ maximises ℓs within an ε-ball (Eq. 3, approximated by K projected ascent steps
+from Gaussian noise) and θ̃ ← (1−β)θ + βθ̃ is the teacher after every update (Alg. 1).
+
+Where δ lives: on the *word embeddings* (the token lookup, before position and segment
+embeddings are added and LayerNorm is applied). They are the only input-dependent part
+of the embedding layer, so δ perturbs what the sentence says, not where a token sits;
+for bi-encoded pairs both sentences' word embeddings are perturbed, each with its own δ.
+Every reduction is a batch mean, so λs does not scale with the batch size.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from minbert.regularizers import Regularizer
+from minbert.tasks import RegressionTask
+
+
+@dataclass
+class SmartSettings:
+    adversarial_weight: float = 1.0  # λs
+    proximal_weight: float = 1.0     # μ
+    noise_std: float = 1e-5          # σ
+    step_size: float = 1e-3          # η
+    epsilon: float = 1e-5            # ε
+    adversarial_steps: int = 1       # K
+    norm: str = "inf"                # inf | l2
+    inner_divergence: str = "auto"   # auto: sym-kl for classification, squared for regression
+    final_divergence: str = "auto"
+    proximal_divergence: str = "auto"
+    adversarial_dropout: bool = True
+
+    def divergence(self, which: str, task) -> str:
+        kind = getattr(self, f"{which}_divergence")
+        if kind != "auto":
+            return kind
+        return "squared" if isinstance(task, RegressionTask) else "sym-kl"
+
+
+def _per_token_norm(x: torch.Tensor, norm: str) -> torch.Tensor:
+    """Norm over the hidden dimension, (batch, seq, 1)."""
+    if norm == "inf":
+        return x.abs().amax(-1, keepdim=True)
+    return x.norm(dim=-1, keepdim=True)
+
+
+def ascent_step(delta: torch.Tensor, grad: torch.Tensor, step_size: float, epsilon: float,
+                norm: str) -> torch.Tensor:
+    """δ + η·g/‖g‖ per token, then projected back into the ε-ball of the same norm."""
+    delta = delta + step_size * grad / (_per_token_norm(grad, norm) + 1e-12)
+    if norm == "inf":
+        return delta.clamp(-epsilon, epsilon)
+    return delta * (epsilon / (_per_token_norm(delta, norm) + 1e-12)).clamp(max=1.0)
+
+
+class Smart(Regularizer):
+    def __init__(self, settings: SmartSettings, per_task: dict[str, SmartSettings] | None = None,
+                 tasks: list[str] | None = None, total_updates: int = 1,
+                 teacher_momentum: float = 0.999, teacher_momentum_warm: float = 0.99,
+                 teacher_warm_fraction: float = 0.1):
+        self.settings, self.per_task = settings, per_task or {}
+        self.tasks = set(tasks) if tasks else None
+        self.total_updates = total_updates
+        self.momentum, self.momentum_warm = teacher_momentum, teacher_momentum_warm
+        self.warm_updates = int(teacher_warm_fraction * total_updates)
+        self.updates = 0
+        self.teacher = None
+        self._pending_teacher_state = None
+
+    @classmethod
+    def from_config(cls, config, total_updates: int) -> "Smart":
+        keys = {f.name for f in fields(SmartSettings)}
+        base = SmartSettings(**{k: getattr(config, k) for k in keys})
+        per_task = {}
+        for task, changes in config.overrides.items():
+            unknown = sorted(set(changes) - keys)
+            if unknown:
+                raise ValueError(f"smart.overrides.{task}: unknown key(s) {unknown}")
+            per_task[task] = SmartSettings(**{**asdict(base), **changes})
+        return cls(base, per_task, config.tasks, total_updates, config.teacher_momentum,
+                   config.teacher_momentum_warm, config.teacher_warm_fraction)
+
+    # ------------------------------------------------------------------ the loss terms
+    def __call__(self, model, task, batch, logits):
+        if self.tasks is not None and task.name not in self.tasks:
+            return logits.new_zeros(())
+        s = self.per_task.get(task.name, self.settings)
+        total = logits.new_zeros(())
+        if s.adversarial_weight:
+            total = total + s.adversarial_weight * self.adversarial_loss(model, task, batch,
+                                                                         logits, s)
+        if s.proximal_weight:
+            total = total + s.proximal_weight * self.proximal_loss(model, task, batch, logits, s)
+        return total
+
+    def adversarial_loss(self, model, task, batch, logits, s: SmartSettings):
+        """ℓs(f(x + δ), f(x)) with δ from K projected ascent steps (Eq. 3)."""
+        target = logits.detach()
+        embeds = model.embed(batch)
+        masks = [seg["attention_mask"].unsqueeze(-1).to(e.dtype)  # (batch, seq, 1)
+                 for seg, e in zip(batch.segments, embeds)]
+        deltas = [torch.randn_like(e) * s.noise_std * m for e, m in zip(embeds, masks)]
+        was_training = model.training
+        if not s.adversarial_dropout:
+            model.eval()
+        try:
+            for _ in range(s.adversarial_steps):
+                deltas = [d.requires_grad_() for d in deltas]
+                inner = task.divergence(
+                    model(batch, [e.detach() + d for e, d in zip(embeds, deltas)]).float(),
+                    target, s.divergence("inner", task))
+                grads = torch.autograd.grad(inner, deltas)  # w.r.t. δ only: no weight grads
+                deltas = [ascent_step(d.detach(), g, s.step_size, s.epsilon, s.norm) * m
+                          for d, g, m in zip(deltas, grads, masks)]
+            adversarial = model(batch, [e + d for e, d in zip(embeds, deltas)]).float()
+        finally:
+            model.train(was_training)
+        return task.divergence(adversarial, target, s.divergence("final", task))
+
+    def proximal_loss(self, model, task, batch, logits, s: SmartSettings):
+        """ℓs(f(x; θ), f(x; θ̃)): the Bregman proximal term against the momentum teacher."""
+        if self.teacher is None:
+            self._make_teacher(model)
+        with torch.no_grad():
+            teacher_logits = self.teacher(batch).float()
+        return task.divergence(logits, teacher_logits, s.divergence("proximal", task))
+
+    # ------------------------------------------------------------------ the teacher
+    def _make_teacher(self, model):
+        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        if self._pending_teacher_state is not None:
+            self.teacher.load_state_dict(self._pending_teacher_state)
+            self._pending_teacher_state = None
+
+    def teacher_momentum(self) -> float:
+        return self.momentum_warm if self.updates < self.warm_updates else self.momentum
+
+    @torch.no_grad()
+    def after_step(self, model):
+        """θ̃ ← (1−β)θ + βθ̃ (β = 0.99 in the first 10% of updates, then 0.999)."""
+        beta = self.teacher_momentum()
+        self.updates += 1
+        if self.teacher is None:
+            return
+        for teacher_p, p in zip(self.teacher.parameters(), model.parameters()):
+            teacher_p.lerp_(p.detach(), 1.0 - beta)
+
+    def state_dict(self):
+        teacher = self.teacher.state_dict() if self.teacher is not None else \
+            self._pending_teacher_state
+        return {"updates": self.updates, "teacher": teacher}
+
+    def load_state_dict(self, state):
+        self.updates = state["updates"]
+        if state["teacher"] is not None:
+            if self.teacher is None:
+                self._pending_teacher_state = state["teacher"]
+            else:
+                self.teacher.load_state_dict(state["teacher"])

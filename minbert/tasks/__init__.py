@@ -1,0 +1,68 @@
+"""Tasks: the three built in (sst, quora, sts) and any a config declares without code.
+
+A task kind is one module (classification.py, regression.py); a config picks the kind by
+name and gives the columns and files:
+
+    [tasks.cfimdb]
+    kind = "classification"
+    num_classes = 2
+    text_columns = ["sentence"]
+    label_column = "sentiment"
+    train_files = ["ids-cfimdb-train.csv"]
+    dev_file = "ids-cfimdb-dev.csv"
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+
+from minbert.tasks.base import Task
+from minbert.tasks.classification import ClassificationTask
+from minbert.tasks.regression import RegressionTask
+
+KINDS: dict[str, type[Task]] = {"classification": ClassificationTask,
+                                "regression": RegressionTask}
+
+BUILTIN: dict[str, dict] = {
+    "sst": dict(kind="classification", num_classes=5, text_columns=["sentence"],
+                label_column="sentiment", train_files=["ids-sst-train.csv"],
+                dev_file="ids-sst-dev.csv", test_file="ids-sst-test-student.csv",
+                output_prefix="sst", prediction_header="Predicted_Sentiment"),
+    "quora": dict(kind="classification", num_classes=2, text_columns=["sentence1", "sentence2"],
+                  label_column="is_duplicate", train_files=["quora-train-subset.csv"],
+                  dev_file="quora-dev.csv", test_file="quora-test-student.csv",
+                  output_prefix="para", prediction_header="Predicted_Is_Paraphrase"),
+    "sts": dict(kind="regression", low=0.0, high=5.0, text_columns=["sentence1", "sentence2"],
+                label_column="similarity", train_files=["sts-train.csv"],
+                dev_file="sts-dev.csv", test_file="sts-test-student.csv",
+                output_prefix="sts", prediction_header="Predicted_Similiarity"),
+}
+
+
+def build_task(name: str, spec: dict) -> Task:
+    """A task from its spec; `spec` overrides the built-in of the same name, if any.
+
+    Errors name the task and the key, for config files."""
+    spec = {**BUILTIN.get(name, {}), **spec}
+    kind = spec.pop("kind", None)
+    if kind not in KINDS:
+        raise ValueError(f"tasks.{name}.kind: {kind!r} is not a task kind; use one of "
+                         f"{sorted(KINDS)}" if kind else
+                         f"tasks.{name}: not a built-in task ({', '.join(BUILTIN)}), so it "
+                         f"needs kind, text_columns, label_column and its files")
+    cls = KINDS[kind]
+    known = {f.name for f in fields(cls)} - {"name"}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ValueError(f"tasks.{name}: unknown key(s) {unknown}; a {kind} task takes "
+                         f"{sorted(known)}")
+    for required in ("text_columns", "label_column"):
+        if required not in spec:
+            raise ValueError(f"tasks.{name}.{required} is required")
+    if len(spec["text_columns"]) not in (1, 2):
+        raise ValueError(f"tasks.{name}.text_columns: one column (a sentence) or two (a pair)")
+    spec["text_columns"] = tuple(spec["text_columns"])
+    spec.setdefault("output_prefix", name)
+    return cls(name=name, **spec)
+
+
+__all__ = ["BUILTIN", "KINDS", "ClassificationTask", "RegressionTask", "Task", "build_task"]

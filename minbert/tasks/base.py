@@ -1,0 +1,77 @@
+"""What every task declares: its inputs, files, outputs, loss, metric and SMART divergence."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minbert.data import Examples, read_examples, subsample_indices
+
+
+@dataclass
+class Task:
+    """A sentence-level task. Subclasses (one per output kind) fill in the maths."""
+    name: str
+    text_columns: tuple[str, ...]  # ("sentence",) or ("sentence1", "sentence2")
+    label_column: str
+    train_files: list[str] = field(default_factory=list)
+    dev_file: str | None = None
+    test_file: str | None = None
+    output_prefix: str = ""        # leaderboard file name: {prefix}-dev-output.csv
+    prediction_header: str = "Predicted"
+    subsample: float | None = None  # keep a fraction (< 1) or a count (≥ 1) of training data
+
+    metric_name = "metric"
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.text_columns) == 2
+
+    @property
+    def num_outputs(self) -> int:
+        raise NotImplementedError
+
+    def parse_label(self, raw: str) -> float:
+        raise NotImplementedError
+
+    def read(self, path: str | Path, labelled: bool = True) -> Examples:
+        return read_examples(path, self.text_columns, self.label_column if labelled else None,
+                             self.parse_label)
+
+    def read_train(self, data_dir: str | Path, seed: int) -> tuple[Examples, dict[str, int]]:
+        """The training set: every train file (a name, or {path, subsample}), each
+        subsampled on its own, then the whole subsampled; also the count each file gave."""
+        parts, counts = [], {}
+        for number, entry in enumerate(self.train_files):
+            entry = {"path": entry} if isinstance(entry, str) else dict(entry)
+            path = Path(data_dir) / entry["path"]
+            part = self.read(path)
+            part = part.subset(subsample_indices(len(part), entry.get("subsample"),
+                                                 seed + 7919 * (number + 1)))
+            counts[str(path)] = len(part)
+            parts.append(part)
+        if not parts:
+            raise ValueError(f"tasks.{self.name}.train_files is empty")
+        examples = Examples.concatenate(parts)
+        return examples.subset(subsample_indices(len(examples), self.subsample, seed)), counts
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Batch-mean training loss; logits (batch, num_outputs), labels (batch,)."""
+        raise NotImplementedError
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """Predictions in label units (class index or score)."""
+        raise NotImplementedError
+
+    def metric(self, predictions: np.ndarray, labels: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def divergence(self, logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+        """Batch-mean divergence ℓs between outputs, for SMART; `kind` is 'kl', 'sym-kl' or
+        'squared'. `target` is the reference output (detached by the caller)."""
+        raise NotImplementedError
+
+    def format_prediction(self, value) -> str:
+        return str(value)

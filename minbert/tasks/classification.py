@@ -1,0 +1,68 @@
+"""Classification: softmax over N classes, or one logit (Bernoulli) when N = 2."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minbert.tasks.base import Task
+
+
+def _kl_categorical(p_logits, q_logits):
+    """KL(p ‖ q) per example for categorical distributions given by logits."""
+    p_log = F.log_softmax(p_logits, dim=-1)
+    return (p_log.exp() * (p_log - F.log_softmax(q_logits, dim=-1))).sum(-1)
+
+
+def _kl_bernoulli(p_logit, q_logit):
+    """KL(p ‖ q) per example for Bernoulli distributions given by one logit each."""
+    p_logit, q_logit = p_logit.squeeze(-1), q_logit.squeeze(-1)
+    p = torch.sigmoid(p_logit)
+    return (p * (F.logsigmoid(p_logit) - F.logsigmoid(q_logit))
+            + (1 - p) * (F.logsigmoid(-p_logit) - F.logsigmoid(-q_logit)))
+
+
+@dataclass
+class ClassificationTask(Task):
+    num_classes: int = 2
+    metric_name = "accuracy"
+
+    @property
+    def binary(self) -> bool:
+        return self.num_classes == 2
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.binary else self.num_classes
+
+    def parse_label(self, raw: str) -> float:
+        value = float(raw)
+        if value != int(value) or not 0 <= value < self.num_classes:
+            raise ValueError(f"label {raw!r} is not a class in 0..{self.num_classes - 1}")
+        return value
+
+    def loss(self, logits, labels):
+        if self.binary:
+            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels)
+        return F.cross_entropy(logits, labels.long())
+
+    def predict(self, logits):
+        if self.binary:
+            return (logits.squeeze(-1) > 0).long()
+        return logits.argmax(-1)
+
+    def metric(self, predictions, labels):
+        return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
+
+    def divergence(self, logits, target, kind):
+        kl = _kl_bernoulli if self.binary else _kl_categorical
+        if kind == "kl":  # KL(target ‖ perturbed): how much information the perturbation loses
+            return kl(target, logits).mean()
+        if kind == "sym-kl":
+            return (kl(target, logits) + kl(logits, target)).mean()
+        if kind == "squared":
+            probs = torch.sigmoid if self.binary else (lambda x: F.softmax(x, dim=-1))
+            return (probs(logits) - probs(target)).pow(2).sum(-1).mean()
+        raise ValueError(f"unknown divergence {kind!r}; use 'kl', 'sym-kl' or 'squared'")

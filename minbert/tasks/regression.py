@@ -1,0 +1,69 @@
+"""Regression onto a bounded range: the model emits a logit, a sigmoid maps it into the range."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import pearsonr
+
+from minbert.tasks.base import Task
+
+
+@dataclass
+class RegressionTask(Task):
+    low: float = 0.0
+    high: float = 5.0
+    metric_name = "pearson"
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    def parse_label(self, raw: str) -> float:
+        value = float(raw)
+        if not self.low <= value <= self.high:
+            raise ValueError(f"score {raw!r} is outside [{self.low}, {self.high}]")
+        return value
+
+    def unit(self, logits: torch.Tensor) -> torch.Tensor:
+        """Prediction on the unit interval, (batch,)."""
+        return torch.sigmoid(logits.squeeze(-1))
+
+    def loss(self, logits, labels):
+        """Binary cross-entropy against the score scaled to [0, 1] (the sentence-transformers
+        CrossEncoder loss for STS-B): unlike MSE through a sigmoid, its gradient does not
+        vanish when the prediction saturates."""
+        target = (labels - self.low) / (self.high - self.low)
+        return F.binary_cross_entropy_with_logits(logits.squeeze(-1), target)
+
+    def predict(self, logits):
+        return self.low + (self.high - self.low) * self.unit(logits)
+
+    def metric(self, predictions, labels):
+        predictions = np.asarray(predictions, dtype=np.float64)
+        if np.ptp(predictions) == 0:
+            return 0.0  # a constant prediction has no correlation
+        return float(pearsonr(predictions, np.asarray(labels, dtype=np.float64))[0])
+
+    def divergence(self, logits, target, kind):
+        """'squared' is the regression divergence; the KL forms treat the unit-interval
+        prediction as a Bernoulli mean, so a run may ask for KL on every task (SMART 1)."""
+        p, q = self.unit(logits), self.unit(target)
+        if kind == "squared":
+            return (p - q).pow(2).mean()
+        eps = 1e-6
+        p, q = p.clamp(eps, 1 - eps), q.clamp(eps, 1 - eps)
+
+        def kl(a, b):
+            return a * (a / b).log() + (1 - a) * ((1 - a) / (1 - b)).log()
+
+        if kind == "kl":
+            return kl(q, p).mean()
+        if kind == "sym-kl":
+            return (kl(q, p) + kl(p, q)).mean()
+        raise ValueError(f"unknown divergence {kind!r}; use 'kl', 'sym-kl' or 'squared'")
+
+    def format_prediction(self, value) -> str:
+        return f"{float(value):.4f}"

@@ -1,0 +1,329 @@
+"""The multi-task training loop, read top to bottom.
+
+Each step draws one batch of one or more tasks (the sampler decides), computes each task's
+loss plus its regularisers' terms, and hands the per-task losses to the combiner, which
+sets the gradients. The loop knows neither which combiner nor which regulariser it runs.
+Everything a run produces lands in its run folder: config.json, log.jsonl, checkpoint.pt
+(resumable), best.pt (best dev overall score).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from minbert.combiners import make_combiner
+from minbert.config import RunConfig
+from minbert.data import EncodedTask
+from minbert.evaluation import evaluate, format_table, overall_score
+from minbert.model import BertModel
+from minbert.multitask import MultiTaskModel
+from minbert.regularizers import build_regularizers
+from minbert.samplers import make_sampler, plan_epoch
+from minbert.tasks import Task, build_task
+from minbert.tokenizer import Tokenizer
+
+# config keys that may change between a run and its resumption
+RESUMABLE_CHANGES = {"run_dir", "data.dir", "data.eval_batch_size", "train.device",
+                     "train.checkpoint_every", "train.log_every", "train.max_steps",
+                     "train.epochs"}
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_tasks(config: RunConfig) -> dict[str, Task]:
+    return {name: build_task(name, dict(config.tasks.get(name, {})))
+            for name in config.data.tasks}
+
+
+def build_model(config: RunConfig, tasks: dict[str, Task]) -> tuple[MultiTaskModel, Tokenizer]:
+    encoder = BertModel.from_pretrained(config.model.checkpoint)
+    max_length = min(config.model.max_length, encoder.config.max_position_embeddings)
+    tokenizer = Tokenizer.from_pretrained(config.model.checkpoint, max_length)
+    torch.manual_seed(config.train.seed)  # the heads' initialisation
+    model = MultiTaskModel(encoder, tasks, config.model.pair_encoding, config.model.pooling,
+                           config.model.head_dropout, config.model.similarity_head)
+    return model, tokenizer
+
+
+def encode_split(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer,
+                 split: str, labelled: bool = True) -> dict[str, EncodedTask]:
+    """Reads and tokenises one split ('dev' or 'test') of every task that has that file."""
+    cross = config.model.pair_encoding == "cross"
+    out = {}
+    for name, task in tasks.items():
+        file = task.dev_file if split == "dev" else task.test_file
+        if not file:
+            continue
+        examples = task.read(Path(config.data.dir) / file, labelled=labelled)
+        if split == "dev" and config.data.dev_limit:
+            examples = examples.subset(range(min(len(examples), config.data.dev_limit)))
+        out[name] = EncodedTask(name, examples, tokenizer, cross)
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key != "tasks":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, tasks: dict[str, Task], model: MultiTaskModel,
+                 train_sets: dict[str, EncodedTask], dev_sets: dict[str, EncodedTask],
+                 file_counts: dict | None = None):
+        self.config, self.tasks, self.model = config, tasks, model
+        self.train_sets, self.dev_sets = train_sets, dev_sets
+        self.run_dir = Path(config.run_dir)
+        self.device = resolve_device(config.train.device)
+        self.autocast = torch.bfloat16 if config.train.precision == "bf16" else None
+        cfg = config.train
+        self.model.to(self.device)
+        if cfg.mode == "last-linear-layer":
+            for p in self.model.encoder.parameters():
+                p.requires_grad_(False)
+        self.sampler = make_sampler(cfg.sampler, cfg.temperature)
+        self.steps_per_epoch = len(self._plan(0))
+        self.updates_per_epoch = math.ceil(self.steps_per_epoch / cfg.grad_accumulation)
+        self.total_updates = self.updates_per_epoch * cfg.epochs
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        warmup = int(cfg.warmup * self.total_updates)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min((step + 1) / max(1, warmup),
+                                             max(0.0, (self.total_updates - step)
+                                                 / max(1, self.total_updates - warmup))))
+        self.combiner = make_combiner(cfg.combiner, seed=cfg.seed)
+        self.regularizers = build_regularizers(config, tasks, self.total_updates)
+        self.epoch, self.step, self.updates, self.best = 0, 0, 0, -math.inf
+        self.train_outputs = {name: ([], []) for name in tasks}  # predictions, labels
+        self.file_counts = file_counts or {}
+
+    # ----------------------------------------------------------------- setup helpers
+    def _param_groups(self):
+        decay, no_decay, heads = [], [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith("heads."):
+                heads.append(p)
+            elif p.ndim < 2:  # biases and LayerNorm: no weight decay, as BERT does
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0},
+                  {"params": heads, "lr": self.config.train.head_lr or self.config.train.lr}]
+        return [g for g in groups if g["params"]]
+
+    def _plan(self, epoch: int):
+        return plan_epoch(self.train_sets, self.config.data.batch_size, self.sampler,
+                          self.config.train.seed, epoch)
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self) -> dict:
+        cfg = self.config.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume_if_possible()
+        if not resumed:
+            (self.run_dir / "config.json").write_text(
+                json.dumps(self.config.to_dict(), indent=2), encoding="utf-8")
+            self.log({"type": "start", "train_examples": {n: len(d) for n, d in
+                                                         self.train_sets.items()},
+                      "train_files": self.file_counts, "steps_per_epoch": self.steps_per_epoch,
+                      "total_updates": self.total_updates})
+        self.model.train()
+        while self.epoch < cfg.epochs:
+            steps = self._plan(self.epoch)
+            progress = tqdm(total=len(steps), initial=self.step, desc=f"epoch {self.epoch + 1}",
+                            mininterval=5, disable=None, dynamic_ncols=True)
+            window = {"tokens": 0, "slots": 0, "examples": 0, "time": time.perf_counter(),
+                      "loss": {}}
+            while self.step < len(steps):
+                losses = self.train_step(steps[self.step], window)
+                self.step += 1
+                boundary = self.step % cfg.grad_accumulation == 0 or self.step == len(steps)
+                if boundary:
+                    self.update()
+                progress.update(1)
+                if self.step % cfg.log_every == 0:
+                    self.log_window(window, progress)
+                if boundary and self.updates % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if boundary and cfg.max_steps and self.updates >= cfg.max_steps:
+                    progress.close()
+                    self.save_checkpoint()
+                    return {"stopped_at_update": self.updates}
+                del losses
+            progress.close()
+            self.end_epoch()
+        best = self.run_dir / "best.pt"
+        return torch.load(best, weights_only=False)["metrics"] if best.exists() else {}
+
+    def train_step(self, step, window) -> dict[str, float]:
+        """Forward every (task, batch) of one step; the combiner does the backward."""
+        losses = {}
+        for name, indices in step:
+            task = self.tasks[name]
+            batch = self.train_sets[name].batch(indices).to(self.device)
+            with torch.autocast(self.device.type, dtype=self.autocast,
+                                enabled=self.autocast is not None):
+                logits = self.model(batch).float()
+                loss = task.loss(logits, batch.labels)
+                for regularizer in self.regularizers:
+                    loss = loss + regularizer(self.model, task, batch, logits)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"task {name}: the loss is {loss.item()} at epoch {self.epoch + 1}, step "
+                    f"{self.step + 1}; stopping. The last good checkpoint is kept in "
+                    f"{self.run_dir / 'checkpoint.pt'}; lower train.lr or check the data.")
+            losses[name] = loss / self.config.train.grad_accumulation
+            preds, labels = self.train_outputs[name]
+            preds.append(task.predict(logits.detach()).cpu().numpy())
+            labels.append(batch.labels.cpu().numpy())
+            real, slots = batch.token_counts()
+            window["tokens"] += real
+            window["slots"] += slots
+            window["examples"] += batch.size
+            window["loss"].setdefault(name, []).append(loss.item())
+        self.combiner.backward(losses, self.model)
+        return losses
+
+    def update(self):
+        if self.config.train.clip_norm:
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.grad is not None],
+                self.config.train.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        for regularizer in self.regularizers:
+            regularizer.after_step(self.model)
+
+    def end_epoch(self):
+        start = time.perf_counter()
+        metrics, _ = evaluate(self.model, self.tasks, self.dev_sets,
+                              self.config.data.eval_batch_size, self.device, self.autocast)
+        train_metrics = {}
+        for name, (preds, labels) in self.train_outputs.items():
+            if preds:
+                train_metrics[name] = self.tasks[name].metric(np.concatenate(preds),
+                                                              np.concatenate(labels))
+        train_metrics["overall"] = overall_score(train_metrics, self.tasks)
+        self.log({"type": "epoch", "epoch": self.epoch + 1, "updates": self.updates,
+                  "train": train_metrics, "dev": metrics,
+                  "eval_seconds": round(time.perf_counter() - start, 1)})
+        tqdm.write(f"epoch {self.epoch + 1}: train overall {train_metrics['overall']:.3f}\n"
+                   + format_table(metrics, self.tasks))
+        if metrics["overall"] > self.best:
+            self.best = metrics["overall"]
+            self._atomic_save({"model": self.model.state_dict(), "metrics": metrics,
+                               "epoch": self.epoch + 1, "config": self.config.to_dict()},
+                              self.run_dir / "best.pt")
+        self.epoch += 1
+        self.step = 0
+        self.train_outputs = {name: ([], []) for name in self.tasks}
+        self.save_checkpoint()
+
+    # ----------------------------------------------------------------- logging
+    def log(self, record: dict):
+        record = {"time": round(time.time(), 1), **record}
+        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as fp:
+            fp.write(json.dumps(record) + "\n")
+
+    def log_window(self, window, progress):
+        elapsed = time.perf_counter() - window["time"]
+        losses = {k: float(np.mean(v)) for k, v in window["loss"].items()}
+        record = {"type": "step", "epoch": self.epoch + 1, "step": self.step,
+                  "updates": self.updates, "lr": self.scheduler.get_last_lr()[0],
+                  "loss": losses, "examples_per_s": round(window["examples"] / elapsed, 1),
+                  "tokens_per_s": round(window["tokens"] / elapsed, 1),
+                  "padding_share": round(1 - window["tokens"] / max(1, window["slots"]), 4)}
+        self.log(record)
+        progress.set_postfix(loss=f"{sum(losses.values()):.3f}",
+                             ex_s=record["examples_per_s"], pad=record["padding_share"])
+        window.update(tokens=0, slots=0, examples=0, time=time.perf_counter(), loss={})
+
+    # ----------------------------------------------------------------- checkpoints
+    @staticmethod
+    def _atomic_save(obj, path: Path):
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+
+    def save_checkpoint(self):
+        log = self.run_dir / "log.jsonl"
+        self._atomic_save({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "combiner": self.combiner.state_dict(),
+            "regularizers": [r.state_dict() for r in self.regularizers],
+            "epoch": self.epoch, "step": self.step, "updates": self.updates, "best": self.best,
+            "train_outputs": self.train_outputs, "config": self.config.to_dict(),
+            "log_bytes": log.stat().st_size if log.exists() else 0,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }, self.run_dir / "checkpoint.pt")
+
+    def resume_if_possible(self) -> bool:
+        path = self.run_dir / "checkpoint.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        saved, current = _flatten(state["config"]), _flatten(self.config.to_dict())
+        changed = sorted(k for k in set(saved) | set(current)
+                         if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+        if changed:
+            differences = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+                                    for k in changed)
+            raise TrainingError(f"{path} was written by a different config ({differences}); "
+                                "use another run_dir or the same config")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.combiner.load_state_dict(state["combiner"])
+        for regularizer, reg_state in zip(self.regularizers, state["regularizers"]):
+            regularizer.load_state_dict(reg_state)
+        self.epoch, self.step, self.updates = state["epoch"], state["step"], state["updates"]
+        self.best, self.train_outputs = state["best"], state["train_outputs"]
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        log = self.run_dir / "log.jsonl"
+        if log.exists():  # drop what the interrupted run logged after its checkpoint
+            with open(log, "r+b") as fp:
+                fp.truncate(state["log_bytes"])
+        tqdm.write(f"resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
+                   f"{self.updates} updates done")
+        self.log({"type": "resume", "epoch": self.epoch + 1, "step": self.step})
+        return True
+
+
+def train(config: RunConfig) -> dict:
+    """Builds everything a config names and trains it; returns the best dev metrics."""
+    tasks = build_tasks(config)
+    model, tokenizer = build_model(config, tasks)
+    train_sets, counts = {}, {}
+    for name, task in tasks.items():
+        examples, file_counts = task.read_train(config.data.dir, config.train.seed)
+        counts.update(file_counts)
+        train_sets[name] = EncodedTask(name, examples, tokenizer, model.cross_encode)
+    dev_sets = encode_split(config, tasks, tokenizer, "dev")
+    return Trainer(config, tasks, model, train_sets, dev_sets, counts).fit()

@@ -1,0 +1,120 @@
+"""Readers, subsampling, bucketing and padding."""
+import numpy as np
+import pytest
+
+from minbert.data import DataError, EncodedTask, subsample_indices
+from minbert.tasks import build_task
+from minbert.tokenizer import Tokenizer
+
+QUORA_HEADER = "\tid\tsentence1\tsentence2\tis_duplicate\n"
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_quora_rows_with_an_empty_label_are_skipped_with_one_warning(tmp_path):
+    path = write(tmp_path / "q.csv", QUORA_HEADER
+                 + "1\taaa\tHow do I cook rice?\tHow is rice cooked?\t1.0\n"
+                 + '2\tbbb\tBroken?\tWhat?\t\n'
+                 + "3\tccc\tWhat is a cat?\tWhat is a dog?\t0.0\n"
+                 + "4\tddd\tShort row\n")
+    with pytest.warns(UserWarning, match=r"skipped 2 malformed.*bbb, ddd"):
+        examples = build_task("quora", {}).read(path)
+    assert examples.ids == ["aaa", "ccc"]
+    assert examples.labels.tolist() == [1.0, 0.0]
+    assert examples.texts[1] == ["How is rice cooked?", "What is a dog?"]
+
+
+def test_the_real_quora_dev_file_loads_20212_pairs(data_dir):
+    with pytest.warns(UserWarning, match="ad118c967d683c93883bf072d"):
+        examples = build_task("quora", {}).read(data_dir / "quora-dev.csv")
+    assert len(examples) == 20212
+
+
+def test_sst_test_file_with_two_index_columns_reads_without_labels(data_dir):
+    examples = build_task("sst", {}).read(data_dir / "ids-sst-test-student.csv", labelled=False)
+    assert len(examples) == 2210 and examples.labels is None
+    assert examples.ids[0] == "b7573736a6ddf7be102b7fee0"
+    assert examples.texts[0][0] == " Effective but too-tepid biopic"
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("", "empty"),
+    ("\tid\tsentence\n1\tx\thello\n", r"missing column\(s\) \['sentiment'\]"),
+    ("\tid\tsentence\tsentiment\n", "no usable rows"),
+    ("\tid\tsentence\tsentiment\n1\tx\tgood\t2\n2\ty\tbad\tlots\n", r"line 3, column 'sentiment'"),
+    ("\tid\tsentence\tsentiment\n1\tx\tgood\t7\n", r"line 2.*not a class in 0..4"),
+])
+def test_bad_files_name_the_file_and_line(tmp_path, content, message):
+    path = tmp_path / "sst.csv"
+    if content is not None:
+        write(path, content)
+    with pytest.raises(DataError, match=message) as error:
+        build_task("sst", {}).read(path)
+    assert str(path) in str(error.value)
+
+
+def test_sts_scores_outside_the_range_are_errors(tmp_path):
+    path = write(tmp_path / "sts.csv", "\tid\tsentence1\tsentence2\tsimilarity\n"
+                 "1\tx\ta\tb\t5.5\n")
+    with pytest.raises(DataError, match="outside"):
+        build_task("sts", {}).read(path)
+
+
+def test_subsample_by_fraction_and_count_is_seeded_and_without_replacement():
+    a = subsample_indices(1000, 0.1, seed=3)
+    assert len(a) == 100 and len(set(a.tolist())) == 100
+    assert np.array_equal(a, subsample_indices(1000, 0.1, seed=3))
+    assert not np.array_equal(a, subsample_indices(1000, 0.1, seed=4))
+    assert len(subsample_indices(1000, 250, seed=0)) == 250
+    assert len(subsample_indices(10, 50, seed=0)) == 10
+    with pytest.raises(ValueError):
+        subsample_indices(10, 0.01, seed=0)
+
+
+def test_extra_train_files_each_subsampled_join_the_task(tmp_path):
+    header = "\tid\tsentence\tsentiment\n"
+    write(tmp_path / "a.csv", header + "".join(f"{i}\ta{i}\tgood\t{i % 5}\n" for i in range(40)))
+    write(tmp_path / "b.csv", header + "".join(f"{i}\tb{i}\tbad\t{i % 5}\n" for i in range(60)))
+    task = build_task("sst", {"train_files": ["a.csv", {"path": "b.csv", "subsample": 0.5}]})
+    examples, counts = task.read_train(tmp_path, seed=0)
+    assert len(examples) == 70
+    assert counts == {str(tmp_path / "a.csv"): 40, str(tmp_path / "b.csv"): 30}
+
+
+def test_buckets_cover_every_example_once_and_cut_padding(tiny_checkpoint):
+    tokenizer = Tokenizer.from_pretrained(tiny_checkpoint)
+    rng = np.random.default_rng(0)
+    words = ["the", "movie", "is", "good", "bad", "very"]
+    sentences = [" ".join(rng.choice(words, size=rng.integers(1, 40))) for _ in range(640)]
+    from minbert.data import Examples
+    examples = Examples([str(i) for i in range(640)], [sentences], np.zeros(640))
+    data = EncodedTask("sst", examples, tokenizer, cross_encode=True)
+    batches = data.bucketed_batches(16, np.random.default_rng(1), bucket_batches=10)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(640))
+
+    def padding(batch_list):
+        real = slots = 0
+        for indices in batch_list:
+            r, s = data.batch(indices).token_counts()
+            real, slots = real + r, slots + s
+        return 1 - real / slots
+
+    shuffled = np.random.default_rng(1).permutation(640)
+    random_batches = [shuffled[i:i + 16] for i in range(0, 640, 16)]
+    assert padding(batches) < padding(random_batches) / 3
+
+
+def test_pairs_are_one_segment_when_cross_encoded_and_two_when_bi_encoded(tiny_checkpoint):
+    from minbert.data import Examples
+    tokenizer = Tokenizer.from_pretrained(tiny_checkpoint)
+    examples = Examples(["1", "2"], [["the cat", "a dog runs"], ["the dog", "a cat"]],
+                        np.array([1.0, 0.0]))
+    cross = EncodedTask("quora", examples, tokenizer, cross_encode=True).batch(np.arange(2))
+    bi = EncodedTask("quora", examples, tokenizer, cross_encode=False).batch(np.arange(2))
+    assert len(cross.segments) == 1 and len(bi.segments) == 2
+    assert cross.segments[0]["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 0]
+    assert bi.segments[1]["input_ids"].shape == (2, 4)

@@ -1,0 +1,79 @@
+"""Each sampler's schedule, and the epoch plans built on it."""
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from minbert.data import EncodedTask, Examples
+from minbert.samplers import make_sampler, plan_epoch
+from minbert.tokenizer import Tokenizer
+
+COUNTS = {"sst": 7, "quora": 20, "sts": 3}
+
+
+def test_round_robin_takes_one_batch_of_every_task_with_data_left():
+    schedule = make_sampler("round-robin").schedule(COUNTS, np.random.default_rng(0))
+    assert len(schedule) == 20
+    assert schedule[0] == ["sst", "quora", "sts"]
+    assert schedule[5] == ["sst", "quora"] and schedule[10] == ["quora"]
+    assert Counter(t for step in schedule for t in step) == COUNTS
+
+
+@pytest.mark.parametrize("name", ["sequential", "proportional"])
+def test_one_task_per_step_samplers_use_every_batch_once(name):
+    schedule = make_sampler(name).schedule(COUNTS, np.random.default_rng(0))
+    assert all(len(step) == 1 for step in schedule)
+    assert Counter(step[0] for step in schedule) == COUNTS
+    if name == "sequential":
+        assert [s[0] for s in schedule[:7]] == ["sst"] * 7
+
+
+def test_temperature_flattens_task_proportions():
+    counts = {"big": 900, "small": 100}
+    rng = np.random.default_rng(0)
+    draws = Counter(s[0] for s in make_sampler("temperature", 2.0).schedule(counts, rng))
+    expected_small = 1000 * 100 ** 0.5 / (900 ** 0.5 + 100 ** 0.5)  # 250
+    assert abs(draws["small"] - expected_small) < 50
+    uniform = Counter(s[0] for s in make_sampler("temperature", 1e6).schedule(counts, rng))
+    assert abs(uniform["small"] - 500) < 60
+
+
+def test_unknown_sampler_is_named():
+    with pytest.raises(ValueError, match="train.sampler"):
+        make_sampler("random-walk")
+
+
+@pytest.fixture
+def encoded(tiny_checkpoint):
+    tokenizer = Tokenizer.from_pretrained(tiny_checkpoint)
+
+    def task(name, n):
+        return EncodedTask(name, Examples([f"{name}{i}" for i in range(n)],
+                                          [["the movie is good"] * n], np.zeros(n)),
+                           tokenizer, cross_encode=True)
+    return {"a": task("a", 50), "b": task("b", 13)}
+
+
+def test_round_robin_plan_covers_every_example_of_every_task_once(encoded):
+    plan = plan_epoch(encoded, 4, make_sampler("round-robin"), seed=0, epoch=0)
+    seen = {"a": [], "b": []}
+    for step in plan:
+        for name, indices in step:
+            seen[name] += indices.tolist()
+    assert sorted(seen["a"]) == list(range(50)) and sorted(seen["b"]) == list(range(13))
+
+
+def test_plans_are_deterministic_per_seed_and_epoch(encoded):
+    def flat(seed, epoch):
+        return [(n, i.tolist()) for step in plan_epoch(encoded, 4, make_sampler("proportional"),
+                                                      seed, epoch) for n, i in step]
+    assert flat(0, 0) == flat(0, 0)
+    assert flat(0, 0) != flat(0, 1) and flat(0, 0) != flat(1, 0)
+
+
+def test_temperature_plan_cycles_small_tasks(encoded):
+    plan = plan_epoch(encoded, 4, make_sampler("temperature", 100.0), seed=0, epoch=0)
+    b_batches = [i for step in plan for n, i in step if n == "b"]
+    assert len(b_batches) > 4  # more than one pass over b's 4 batches
+    first_pass = np.concatenate(b_batches[:4])
+    assert sorted(first_pass.tolist()) == list(range(13))

@@ -1,0 +1,195 @@
+"""SMART: the ascent step, the ε-ball, the divergences, the teacher, and the zero weights."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from minbert import BertModel
+from minbert.config import SmartConfig
+from minbert.data import EncodedTask, Examples
+from minbert.multitask import MultiTaskModel
+from minbert.regularizers.smart import Smart, SmartSettings, ascent_step
+from minbert.tasks import build_task
+from minbert.tokenizer import Tokenizer
+
+from helpers import QUESTIONS, SIMILAR
+
+
+@pytest.fixture
+def setup(tiny_checkpoint):
+    torch.manual_seed(0)
+    tasks = {name: build_task(name, {}) for name in ("sst", "quora", "sts")}
+    model = MultiTaskModel(BertModel.from_pretrained(tiny_checkpoint), tasks, "bi", "mean")
+    tokenizer = Tokenizer.from_pretrained(tiny_checkpoint)
+    pairs = Examples([str(i) for i in range(6)], [[a for a, _, _ in SIMILAR],
+                                                  [b for _, b, _ in SIMILAR]],
+                     np.array([y for _, _, y in SIMILAR]))
+    batch = EncodedTask("sts", pairs, tokenizer, cross_encode=False).batch(np.arange(6))
+    questions = Examples([str(i) for i in range(6)], [[a for a, _, _ in QUESTIONS],
+                                                      [b for _, b, _ in QUESTIONS]],
+                         np.array([float(y) for _, _, y in QUESTIONS]))
+    quora_batch = EncodedTask("quora", questions, tokenizer, cross_encode=False).batch(
+        np.arange(6))
+    return model.train(), tasks, batch, quora_batch
+
+
+def test_one_ascent_step_increases_the_divergence(setup):
+    model, tasks, _, batch = setup
+    model.eval()  # no dropout: compare like with like
+    task = tasks["quora"]
+    with torch.no_grad():
+        target = model(batch)
+    embeds = [e.detach() for e in model.embed(batch)]
+    torch.manual_seed(1)
+    delta = [torch.randn_like(e) * 1e-3 for e in embeds]
+    for d in delta:
+        d.requires_grad_()
+    before = task.divergence(model(batch, [e + d for e, d in zip(embeds, delta)]), target, "kl")
+    grads = torch.autograd.grad(before, delta)
+    stepped = [ascent_step(d.detach(), g, 1e-2, 1e-2, "inf") for d, g in zip(delta, grads)]
+    with torch.no_grad():
+        after = task.divergence(model(batch, [e + d for e, d in zip(embeds, stepped)]),
+                                target, "kl")
+    assert after > before * 2
+
+
+@pytest.mark.parametrize("norm", ["inf", "l2"])
+def test_the_perturbation_stays_inside_the_epsilon_ball(norm):
+    torch.manual_seed(0)
+    delta = torch.randn(4, 7, 16) * 1e-5
+    for _ in range(5):
+        delta = ascent_step(delta, torch.randn(4, 7, 16), step_size=1e-3, epsilon=1e-5,
+                            norm=norm)
+    size = delta.abs().amax(-1) if norm == "inf" else delta.norm(dim=-1)
+    assert size.max() <= 1e-5 * (1 + 1e-6)
+    assert size.min() > 0.5e-5  # the step is much larger than ε, so δ reaches the boundary
+
+
+def test_categorical_divergences_equal_their_formulas():
+    task = build_task("sst", {})
+    p_logits = torch.tensor([[1.0, 0.0, -1.0, 0.5, 0.0]])
+    q_logits = torch.tensor([[0.0, 0.3, 0.2, -0.5, 1.0]])
+    p, q = p_logits.softmax(-1)[0].tolist(), q_logits.softmax(-1)[0].tolist()
+    kl_qp = sum(a * math.log(a / b) for a, b in zip(q, p))
+    kl_pq = sum(a * math.log(a / b) for a, b in zip(p, q))
+    # divergence(logits, target): KL(target ‖ logits)
+    assert task.divergence(p_logits, q_logits, "kl").item() == pytest.approx(kl_qp, rel=1e-5)
+    assert task.divergence(p_logits, q_logits, "sym-kl").item() == pytest.approx(
+        kl_qp + kl_pq, rel=1e-5)
+    assert task.divergence(q_logits, p_logits, "sym-kl").item() == pytest.approx(
+        task.divergence(p_logits, q_logits, "sym-kl").item(), rel=1e-6)
+    assert task.divergence(p_logits, q_logits, "squared").item() == pytest.approx(
+        sum((a - b) ** 2 for a, b in zip(p, q)), rel=1e-5)
+    for kind in ("kl", "sym-kl", "squared"):
+        assert task.divergence(p_logits, p_logits, kind).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_binary_tasks_use_the_bernoulli_form():
+    task = build_task("quora", {})
+    a, b = torch.tensor([[0.7]]), torch.tensor([[-1.2]])
+    p, q = torch.sigmoid(a).item(), torch.sigmoid(b).item()
+    kl_qp = q * math.log(q / p) + (1 - q) * math.log((1 - q) / (1 - p))
+    kl_pq = p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+    assert task.divergence(a, b, "kl").item() == pytest.approx(kl_qp, rel=1e-5)
+    assert task.divergence(a, b, "sym-kl").item() == pytest.approx(kl_qp + kl_pq, rel=1e-5)
+    assert task.divergence(a, b, "squared").item() == pytest.approx((p - q) ** 2, rel=1e-5)
+
+
+def test_regression_squared_divergence_is_on_the_unit_scale():
+    task = build_task("sts", {})
+    a, b = torch.tensor([[0.0], [2.0]]), torch.tensor([[1.0], [2.0]])
+    expected = ((0.5 - torch.sigmoid(torch.tensor(1.0)).item()) ** 2 + 0) / 2
+    assert task.divergence(a, b, "squared").item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_teacher_follows_the_momentum_rule(setup):
+    model, tasks, batch, _ = setup
+    smart = Smart(SmartSettings(adversarial_weight=0.0), total_updates=100)
+    logits = model(batch)
+    smart(model, tasks["sts"], batch, logits)  # makes the teacher: a copy of θ0
+    teacher_before = [p.clone() for p in smart.teacher.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    smart.after_step(model)  # within the first 10%: β = 0.99
+    for old, new, p in zip(teacher_before, smart.teacher.parameters(), model.parameters()):
+        torch.testing.assert_close(new, 0.99 * old + 0.01 * p)
+    smart.updates = 50
+    assert smart.teacher_momentum() == 0.999
+
+
+def _grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_zero_weights_give_exactly_the_plain_loss_and_gradient(setup):
+    model, tasks, batch, _ = setup
+    task = tasks["sts"]
+    smart = Smart(SmartSettings(adversarial_weight=0.0, proximal_weight=0.0))
+    torch.manual_seed(5)
+    plain_logits = model(batch)
+    plain = task.loss(plain_logits, batch.labels)
+    plain_grads = _grads(model, plain)
+    torch.manual_seed(5)
+    logits = model(batch)
+    total = task.loss(logits, batch.labels) + smart(model, task, batch, logits)
+    assert total.item() == plain.item()
+    for a, b in zip(plain_grads, _grads(model, total)):
+        assert torch.equal(a, b)
+
+
+def test_adversarial_term_is_positive_and_reaches_the_word_embeddings(setup):
+    model, tasks, batch, quora_batch = setup
+    smart = Smart(SmartSettings(proximal_weight=0.0, noise_std=1e-3, epsilon=1e-2,
+                                step_size=1e-2))
+    for task, b in ((tasks["sts"], batch), (tasks["quora"], quora_batch)):
+        model.zero_grad()
+        term = smart(model, task, b, model(b))
+        assert term.item() > 0
+        term.backward()
+        assert model.encoder.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_dropout_off_option_makes_the_adversarial_passes_deterministic(setup):
+    model, tasks, batch, _ = setup
+    smart = Smart(SmartSettings(proximal_weight=0.0, noise_std=0.0, adversarial_dropout=False))
+    with torch.no_grad():
+        model.eval()
+        clean = model(batch)
+        model.train()
+    # δ starts at 0 and the ascent is skipped: f(x + 0) with dropout off equals f(x) in eval
+    smart.settings.adversarial_steps = 0
+    assert smart(model, tasks["sts"], batch, clean).item() == pytest.approx(0.0, abs=1e-12)
+    assert model.training
+
+
+def test_teacher_state_survives_a_resume(setup):
+    model, tasks, batch, _ = setup
+    smart = Smart(SmartSettings(adversarial_weight=0.0), total_updates=10)
+    smart(model, tasks["sts"], batch, model(batch))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.1)
+    smart.after_step(model)
+    state = smart.state_dict()
+    restored = Smart(SmartSettings(adversarial_weight=0.0), total_updates=10)
+    restored.load_state_dict(state)
+    restored(model, tasks["sts"], batch, model(batch))  # builds the teacher, then loads it
+    assert restored.updates == 1
+    for a, b in zip(smart.teacher.state_dict().values(), restored.teacher.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_smart_is_built_from_config_with_per_task_overrides():
+    config = SmartConfig(enabled=True, inner_divergence="kl", final_divergence="sym-kl",
+                         overrides={"sts": {"adversarial_weight": 5.0}})
+    smart = Smart.from_config(config, total_updates=10)
+    assert smart.per_task["sts"].adversarial_weight == 5.0
+    assert smart.per_task["sts"].inner_divergence == "kl"
+    assert smart.settings.divergence("final", build_task("sts", {})) == "sym-kl"
+    assert SmartSettings().divergence("final", build_task("sts", {})) == "squared"
+    with pytest.raises(ValueError, match="smart.overrides.sts"):
+        Smart.from_config(SmartConfig(overrides={"sts": {"lambda": 1}}), 10)

@@ -1,0 +1,110 @@
+"""The trainer end to end on a tiny model: it learns, it resumes exactly, the CLI works."""
+import json
+
+import pytest
+import torch
+
+from minbert import cli
+from minbert.config import ConfigKeyError, build_config, load_config
+from minbert.training import TrainingError, train
+
+from helpers import tiny_config_values, weights_equal, write_task_files
+
+
+@pytest.fixture
+def task_dir(tmp_path):
+    (tmp_path / "data").mkdir()
+    return write_task_files(tmp_path / "data")
+
+
+@pytest.mark.parametrize("pair_encoding", ["cross", "bi"])
+def test_tiny_model_overfits_a_handful_of_examples_per_task(task_dir, tiny_checkpoint, tmp_path,
+                                                            pair_encoding):
+    values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", epochs=40,
+                                lr=2e-3, head_lr=5e-3, sampler="round-robin")
+    values["model"].update(pair_encoding=pair_encoding, head_dropout=0.0)
+    metrics = train(build_config(values))
+    assert metrics["sst"] == 1.0
+    assert metrics["quora"] == 1.0
+    assert metrics["sts"] > 0.9
+
+
+def _final_weights(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("sampler", ["round-robin", "temperature"])
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
+        task_dir, tiny_checkpoint, tmp_path, sampler):
+    common = dict(epochs=3, sampler=sampler, checkpoint_every=1)
+    train(build_config(tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "a", **common)))
+    interrupted = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "b", max_steps=4,
+                                     **common)
+    assert train(build_config(interrupted)) == {"stopped_at_update": 4}
+    assert not weights_equal(_final_weights(tmp_path / "a"), _final_weights(tmp_path / "b"))
+    train(build_config(tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "b", **common)))
+    assert weights_equal(_final_weights(tmp_path / "a"), _final_weights(tmp_path / "b"))
+
+    def epochs(run):
+        lines = (tmp_path / run / "log.jsonl").read_text().splitlines()
+        return [json.loads(x)["dev"] for x in lines if '"type": "epoch"' in x]
+    assert epochs("a") == epochs("b")
+
+
+def test_resuming_with_a_different_config_is_refused_by_key(task_dir, tiny_checkpoint, tmp_path):
+    values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", max_steps=1)
+    train(build_config(values))
+    values["train"]["lr"] = 5e-4
+    with pytest.raises(TrainingError, match=r"train.lr: 0.001 -> 0.0005"):
+        train(build_config(values))
+
+
+def test_a_nan_loss_stops_with_a_clear_message(task_dir, tiny_checkpoint, tmp_path):
+    values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", lr=1e30,
+                                clip_norm=0.0)
+    with pytest.raises(TrainingError, match="loss is"):
+        train(build_config(values))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", "unknown key train.lrr"),
+    ("train.sampler='random'", "train.sampler = 'random'; use one of"),
+    ("data.batch_size='big'", "data.batch_size: expected int"),
+    ("data.batch_size=0", "data.batch_size must be positive"),
+    ("modle.pooling='cls'", "unknown key 'modle'"),
+])
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigKeyError, match=message):
+        load_config("configs/baseline.toml", [override])
+
+
+def test_configs_inherit_and_flags_override():
+    config = load_config("configs/random-sampling.toml", ["train.lr=2e-5"])
+    assert config.model.pair_encoding == "bi" and config.tasks["quora"]["subsample"] == 0.1
+    assert config.train.lr == 2e-5
+    assert load_config("configs/cross-encoding.toml").model.pair_encoding == "cross"
+
+
+def test_cli_trains_evaluates_and_predicts_on_a_slice_of_the_shared_data(
+        data_dir, tiny_checkpoint, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--config", "configs/cross-encoding.toml", "--run-dir", str(run),
+            f'model.checkpoint="{tiny_checkpoint}"', "train.epochs=1", "data.dev_limit=40",
+            "tasks.sst.subsample=24", "tasks.quora.subsample=24", "tasks.sts.subsample=24",
+            "data.batch_size=8"]
+    assert cli.main(args) == 0
+    assert "best dev metrics" in capsys.readouterr().out
+    assert cli.main(["evaluate", str(run)]) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in ("sst", "quora", "sts", "overall"))
+    assert cli.main(["predict", str(run), "--splits", "test"]) == 0
+    sst_test = (run / "predictions" / "sst-test-output.csv").read_text().splitlines()
+    assert sst_test[0] == "id \t Predicted_Sentiment "
+    assert len(sst_test) == 2211 and sst_test[1].split(" , ")[1].strip() in "01234"
+    assert (run / "predictions" / "sts-test-output.csv").exists()
+    assert "skip quora test" in capsys.readouterr().out
+
+
+def test_cli_reports_a_bad_option_without_a_traceback(capsys):
+    assert cli.main(["train", "--config", "configs/baseline.toml", "train.epochs=-1"]) == 2
+    assert "train.epochs must be positive" in capsys.readouterr().err
