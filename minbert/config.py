@@ -52,7 +52,8 @@ class TrainConfig:
     clip_norm: float = 1.0            # 0: no clipping
     sampler: str = "round-robin"      # sequential | round-robin | proportional | temperature
     temperature: float = 2.0
-    combiner: str = "sum"
+    combiner: str = "sum"             # sum | pcgrad | cagrad
+    combiner_options: dict = field(default_factory=dict)  # e.g. {c = 0.4} for cagrad
     grad_accumulation: int = 1
     seed: int = 0
     checkpoint_every: int = 200       # optimizer steps between resumable checkpoints

@@ -108,3 +108,17 @@ def test_cli_trains_evaluates_and_predicts_on_a_slice_of_the_shared_data(
 def test_cli_reports_a_bad_option_without_a_traceback(capsys):
     assert cli.main(["train", "--config", "configs/baseline.toml", "train.epochs=-1"]) == 2
     assert "train.epochs must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("combiner", ["pcgrad", "cagrad"])
+def test_surgery_with_smart_trains_and_its_teacher_is_checkpointed(task_dir, tiny_checkpoint,
+                                                                   tmp_path, combiner):
+    values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", epochs=25,
+                                lr=2e-3, head_lr=5e-3, combiner=combiner)
+    values["model"].update(head_dropout=0.0)
+    values["smart"] = {"enabled": True, "inner_divergence": "kl", "final_divergence": "sym-kl"}
+    metrics = train(build_config(values))
+    assert metrics["overall"] > 0.9  # chance is about 0.45
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["regularizers"][0]["teacher"] is not None
+    assert state["regularizers"][0]["updates"] == state["updates"]

@@ -31,7 +31,11 @@ def register(cls: type[Combiner]) -> type[Combiner]:
 def make_combiner(name: str, seed: int = 0, **options) -> Combiner:
     if name not in COMBINERS:
         raise ValueError(f"train.combiner: {name!r} is not one of {sorted(COMBINERS)}")
-    return COMBINERS[name](seed=seed, **options)
+    try:
+        return COMBINERS[name](seed=seed, **options)
+    except TypeError as e:
+        raise ValueError(f"train.combiner_options for {name!r}: {e}") from None
 
 
-from minbert.combiners import sum as _sum  # noqa: E402,F401  (registers the built-ins)
+from minbert.combiners import cagrad, pcgrad  # noqa: E402,F401  (registers the built-ins)
+from minbert.combiners import sum as _sum  # noqa: E402,F401
