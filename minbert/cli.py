@@ -1,4 +1,4 @@
-"""`minbert train | evaluate | predict`: each reads a TOML config (or a run folder's saved
+"""`minbert train | evaluate | predict | report`: each reads a TOML config (or a run folder's saved
 one); `section.key=value` arguments override it."""
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def cmd_train(args):
     from minbert.evaluation import format_table
     from minbert.training import build_tasks, train
     overrides = list(args.overrides) + ([f'run_dir="{args.run_dir}"'] if args.run_dir else [])
+    overrides += ["train.tensorboard=true"] if args.tensorboard else []
     config = load_config(args.config, overrides)
     result = train(config)
     if "overall" in result:
@@ -82,6 +83,13 @@ def cmd_predict(args):
     return 0
 
 
+def cmd_report(args):
+    from minbert.reports import write_report
+    index = write_report(args.run_dirs, args.out)
+    print(f"wrote {index} and {Path(args.out) / 'ablation.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minbert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML config file (configs/*.toml)")
     p.add_argument("--run-dir", help="run folder (overrides run_dir); resumes if it holds a "
                                      "checkpoint")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to TensorBoard (RUN_DIR/tensorboard)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-5")
     p.set_defaults(func=cmd_train)
     for name, func, text in (("evaluate", cmd_evaluate, "dev metrics of a run's best model"),
@@ -101,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--splits", nargs="+", default=["dev", "test"],
                            choices=["dev", "test"])
         p.set_defaults(func=func)
+    p = sub.add_parser("report", help="tables and figures (HTML) from one or more runs")
+    p.add_argument("run_dirs", nargs="+", help="run folders written by `minbert train`")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

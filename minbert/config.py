@@ -61,6 +61,7 @@ class TrainConfig:
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     precision: str = "fp32"           # fp32 | bf16 (autocast)
     max_steps: int = 0                # stop after N steps of the whole run (0: no limit)
+    tensorboard: bool = False         # also write TensorBoard scalars to RUN_DIR/tensorboard
 
 
 @dataclass

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from minbert.combiners import make_combiner
 from minbert.config import RunConfig
 from minbert.data import EncodedTask
-from minbert.evaluation import evaluate, format_table, overall_score
+from minbert.evaluation import evaluate, format_table, overall_score, write_predictions
 from minbert.model import BertModel
 from minbert.multitask import MultiTaskModel
 from minbert.regularizers import build_regularizers
@@ -116,6 +116,7 @@ class Trainer:
         self.epoch, self.step, self.updates, self.best = 0, 0, 0, -math.inf
         self.train_outputs = {name: ([], []) for name in tasks}  # predictions, labels
         self.file_counts = file_counts or {}
+        self.writer = None  # TensorBoard, made on first use when train.tensorboard is on
 
     # ----------------------------------------------------------------- setup helpers
     def _param_groups(self):
@@ -220,8 +221,9 @@ class Trainer:
 
     def end_epoch(self):
         start = time.perf_counter()
-        metrics, _ = evaluate(self.model, self.tasks, self.dev_sets,
-                              self.config.data.eval_batch_size, self.device, self.autocast)
+        metrics, predictions = evaluate(self.model, self.tasks, self.dev_sets,
+                                        self.config.data.eval_batch_size, self.device,
+                                        self.autocast)
         train_metrics = {}
         for name, (preds, labels) in self.train_outputs.items():
             if preds:
@@ -238,6 +240,12 @@ class Trainer:
             self._atomic_save({"model": self.model.state_dict(), "metrics": metrics,
                                "epoch": self.epoch + 1, "config": self.config.to_dict()},
                               self.run_dir / "best.pt")
+            out = self.run_dir / "predictions"
+            out.mkdir(exist_ok=True)
+            for name, values in predictions.items():  # the best model's dev predictions
+                task = self.tasks[name]
+                write_predictions(out / f"{task.output_prefix}-dev-output.csv", task,
+                                  self.dev_sets[name].examples.ids, values)
         self.epoch += 1
         self.step = 0
         self.train_outputs = {name: ([], []) for name in self.tasks}
@@ -248,6 +256,26 @@ class Trainer:
         record = {"time": round(time.time(), 1), **record}
         with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as fp:
             fp.write(json.dumps(record) + "\n")
+        if self.config.train.tensorboard:
+            self._tensorboard(record)
+
+    def _tensorboard(self, record: dict):
+        if self.writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise TrainingError("train.tensorboard needs the tensorboard package: "
+                                    "pip install 'minbert[tensorboard]'") from None
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if record["type"] == "step":
+            for name, value in record["loss"].items():
+                self.writer.add_scalar(f"loss/{name}", value, record["updates"])
+            for key in ("lr", "examples_per_s", "padding_share"):
+                self.writer.add_scalar(key, record[key], record["updates"])
+        elif record["type"] == "epoch":
+            for split in ("train", "dev"):
+                for name, value in record[split].items():
+                    self.writer.add_scalar(f"{split}/{name}", value, record["epoch"])
 
     def log_window(self, window, progress):
         elapsed = time.perf_counter() - window["time"]

@@ -122,3 +122,14 @@ def test_surgery_with_smart_trains_and_its_teacher_is_checkpointed(task_dir, tin
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert state["regularizers"][0]["teacher"] is not None
     assert state["regularizers"][0]["updates"] == state["updates"]
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path("configs").glob("*.toml")))
+def test_every_shipped_config_loads_and_validates(path):
+    config = load_config(path)
+    assert config.run_dir.startswith("runs/")
+    from minbert.regularizers import build_regularizers
+    from minbert.combiners import make_combiner
+    from minbert.training import build_tasks
+    make_combiner(config.train.combiner, **config.train.combiner_options)
+    build_regularizers(config, build_tasks(config), total_updates=10)

@@ -1,0 +1,97 @@
+"""`minbert report` on runs trained from small fixtures."""
+import csv
+import re
+import shutil
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+from minbert import cli
+from minbert.config import build_config
+from minbert.reports import ReportError, load_run, sst_near_misses, write_report
+from minbert.training import train
+
+from helpers import tiny_config_values, write_task_files
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("report-runs")
+    data = write_task_files((root / "data").mkdir() or root / "data", repeat=2)
+    folders = []
+    for name, encoding in (("cross", "cross"), ("bi", "bi")):
+        values = tiny_config_values(data, tiny_checkpoint, root / name, epochs=3)
+        values["model"]["pair_encoding"] = encoding
+        train(build_config(values))
+        folders.append(root / name)
+    return folders
+
+
+def test_report_metrics_equal_scikit_learn_on_the_same_predictions(runs, tmp_path):
+    run = load_run(runs[0])
+    labels, predictions = run.labels["sst"], run.predictions["sst"]
+    write_report(runs, tmp_path / "out")
+    import json
+    analysis = json.loads((tmp_path / "out" / "cross" / "analysis.json").read_text())
+    assert analysis["metrics"]["sst"] == pytest.approx(accuracy_score(labels, predictions))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, predictions, labels=list(range(5)), zero_division=0)
+    assert analysis["per_class"]["sst"]["precision"] == pytest.approx(precision.tolist())
+    assert analysis["per_class"]["sst"]["f1"] == pytest.approx(f1.tolist())
+    confusion = np.array(analysis["per_class"]["quora"]["confusion"])
+    assert confusion.sum() == len(run.labels["quora"])
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(analysis["metrics"]["quora"])
+
+
+def test_the_ablation_table_lists_every_run_and_the_reports_rows(runs, tmp_path):
+    write_report(runs, tmp_path / "out")
+    with open(tmp_path / "out" / "ablation.csv") as fp:
+        rows = list(csv.DictReader(fp))
+    names = [r["run"] for r in rows]
+    assert names[:2] == ["cross", "bi"]
+    assert "Cross-Encoding + PCGrad + SMART 2 (report, bert-base)" in names
+    best = next(r for r in rows if r["run"].startswith("Cross-Encoding + PCGrad + SMART 2"))
+    assert float(best["overall"]) == pytest.approx(0.748, abs=1e-3)  # the report gives 0.748
+    table = (tmp_path / "out" / "ablation.md").read_text()
+    assert table.count("\n") == len(rows) + 2
+
+
+def test_the_html_page_embeds_valid_pngs_and_holds_the_runs_numbers(runs, tmp_path):
+    index = write_report(runs, tmp_path / "out")
+    page = index.read_text()
+    import base64
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(images) >= 2 * 4  # sst, sts distribution, sts scatter, curves per run
+    for data in images:
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
+    overall = load_run(runs[1])
+    from minbert.reports import run_metrics
+    assert f"{run_metrics(overall)['overall']:.3f}" in page
+    for png in (tmp_path / "out").rglob("*.png"):
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sst_near_miss_analysis_counts_one_class_errors():
+    labels = np.array([0, 1, 2, 3, 4, 4])
+    predictions = np.array([1, 1, 2, 4, 2, 4])
+    result = sst_near_misses(labels, predictions)
+    assert result["errors"] == 3 and result["one_class_away"] == pytest.approx(2 / 3)
+    assert result["accuracy_3"] == pytest.approx(5 / 6)
+    assert result["accuracy_2"] == pytest.approx(4 / 5)
+
+
+def test_a_run_without_its_log_or_predictions_names_what_is_missing(runs, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(runs[0], broken)
+    (broken / "predictions" / "sts-dev-output.csv").unlink()
+    with pytest.raises(ReportError, match="sts-dev-output.csv"):
+        load_run(broken)
+    (broken / "log.jsonl").unlink()
+    with pytest.raises(ReportError, match="missing log.jsonl"):
+        load_run(broken)
+
+
+def test_report_command(runs, tmp_path, capsys):
+    assert cli.main(["report", *map(str, runs), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "index.html").exists()
