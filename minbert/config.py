@@ -11,6 +11,8 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from minbert.regularizers.smart import SmartSettings
+
 REPO_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -65,23 +67,12 @@ class TrainConfig:
 
 
 @dataclass
-class SmartConfig:
-    """SMART (Jiang et al. 2020); see minbert/regularizers/smart.py."""
+class SmartConfig(SmartSettings):
+    """SMART (Jiang et al. 2020); the per-step settings are SmartSettings' (smart.py)."""
     enabled: bool = False
-    adversarial_weight: float = 1.0   # λs
-    proximal_weight: float = 1.0      # μ
-    noise_std: float = 1e-5           # σ
-    step_size: float = 1e-3           # η
-    epsilon: float = 1e-5             # ε
-    adversarial_steps: int = 1        # K
-    norm: str = "inf"                 # inf | l2
-    inner_divergence: str = "auto"    # auto | kl | sym-kl | squared
-    final_divergence: str = "auto"
-    proximal_divergence: str = "auto"
     teacher_momentum: float = 0.999   # β after the warm phase
     teacher_momentum_warm: float = 0.99
     teacher_warm_fraction: float = 0.1
-    adversarial_dropout: bool = True  # False: the adversarial passes run with dropout off
     tasks: list = field(default_factory=list)  # [] = every task
     overrides: dict = field(default_factory=dict)  # per task: {sts = {adversarial_weight = 5}}
 

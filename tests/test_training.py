@@ -133,3 +133,25 @@ def test_every_shipped_config_loads_and_validates(path):
     from minbert.training import build_tasks
     make_combiner(config.train.combiner, **config.train.combiner_options)
     build_regularizers(config, build_tasks(config), total_updates=10)
+
+
+def test_a_task_declared_in_the_config_trains_without_code(task_dir, tiny_checkpoint, tmp_path):
+    values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", epochs=15,
+                                lr=2e-3, head_lr=5e-3)
+    values["tasks"] = {"polarity": {
+        "kind": "classification", "num_classes": 5, "text_columns": ["sentence"],
+        "label_column": "sentiment", "train_files": ["sst-train.csv"],
+        "dev_file": "sst-dev.csv"}}
+    values["data"]["tasks"] = ["polarity"]
+    metrics = train(build_config(values))
+    assert set(metrics) == {"polarity", "overall"} and metrics["polarity"] == 1.0
+
+
+def test_a_declared_task_missing_its_columns_is_named():
+    from minbert.tasks import build_task
+    with pytest.raises(ValueError, match="tasks.nli.label_column is required"):
+        build_task("nli", {"kind": "classification", "text_columns": ["a", "b"]})
+    with pytest.raises(ValueError, match="tasks.nli: not a built-in task"):
+        build_task("nli", {})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['colour'\]"):
+        build_task("sst", {"colour": "red"})
