@@ -19,3 +19,5 @@ test: setup
 bench: setup
 	$(PYTHON) benchmarks/model_speed.py
 	$(PYTHON) benchmarks/train_speed.py
+	$(PYTHON) benchmarks/smart_cost.py
+	$(PYTHON) benchmarks/surgery_cost.py

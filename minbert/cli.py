@@ -1,4 +1,4 @@
-"""`minbert train | evaluate | predict | report`: each reads a TOML config (or a run folder's saved
+"""`minbert train | evaluate | predict | report | export`: each reads a TOML config (or a run folder's saved
 one); `section.key=value` arguments override it."""
 from __future__ import annotations
 
@@ -90,6 +90,14 @@ def cmd_report(args):
     return 0
 
 
+def cmd_export(args):
+    from minbert.export import export_run
+    config, _, model, _ = _load_run(Path(args.run_dir))
+    out = export_run(model, config, args.out)
+    print(f"wrote {out} (HF BertModel folder) with heads.safetensors and heads.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minbert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", help="run folders written by `minbert train`")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export", help="the fine-tuned encoder as an HF-format folder + heads")
+    p.add_argument("run_dir")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -68,10 +68,12 @@ class MultiTaskModel(nn.Module):
         self.encoder = encoder
         self.pair_encoding = pair_encoding
         self.pooling = pooling
+        self.cross_encoded = {name: task.cross_encoded(pair_encoding)
+                              for name, task in tasks.items()}
         hidden = encoder.config.hidden_size
         heads = {}
         for name, task in tasks.items():
-            if not task.is_pair or pair_encoding == "cross":
+            if not task.is_pair or self.cross_encoded[name]:
                 heads[name] = LinearHead(hidden, task.num_outputs, head_dropout)
             elif isinstance(task, RegressionTask) and similarity_head == "cosine":
                 heads[name] = CosinePairHead()
@@ -79,9 +81,9 @@ class MultiTaskModel(nn.Module):
                 heads[name] = ConcatPairHead(hidden, task.num_outputs, head_dropout)
         self.heads = nn.ModuleDict(heads)
 
-    @property
-    def cross_encode(self) -> bool:
-        return self.pair_encoding == "cross"
+    def cross_encode(self, task: str) -> bool:
+        """Whether `task`'s pairs are one sequence (per-task choice, else the model's)."""
+        return self.cross_encoded[task]
 
     def embed(self, batch: Batch) -> list[torch.Tensor]:
         """Word embeddings of each segment, (batch, seq, hidden): what SMART perturbs."""

@@ -32,7 +32,7 @@ from minbert.tokenizer import Tokenizer
 # config keys that may change between a run and its resumption
 RESUMABLE_CHANGES = {"run_dir", "data.dir", "data.eval_batch_size", "train.device",
                      "train.checkpoint_every", "train.log_every", "train.max_steps",
-                     "train.epochs"}
+                     "train.tensorboard"}
 
 
 class TrainingError(RuntimeError):
@@ -63,7 +63,6 @@ def build_model(config: RunConfig, tasks: dict[str, Task]) -> tuple[MultiTaskMod
 def encode_split(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer,
                  split: str, labelled: bool = True) -> dict[str, EncodedTask]:
     """Reads and tokenises one split ('dev' or 'test') of every task that has that file."""
-    cross = config.model.pair_encoding == "cross"
     out = {}
     for name, task in tasks.items():
         file = task.dev_file if split == "dev" else task.test_file
@@ -72,7 +71,8 @@ def encode_split(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer
         examples = task.read(Path(config.data.dir) / file, labelled=labelled)
         if split == "dev" and config.data.dev_limit:
             examples = examples.subset(range(min(len(examples), config.data.dev_limit)))
-        out[name] = EncodedTask(name, examples, tokenizer, cross)
+        out[name] = EncodedTask(name, examples, tokenizer,
+                                task.cross_encoded(config.model.pair_encoding))
     return out
 
 
@@ -158,7 +158,7 @@ class Trainer:
             window = {"tokens": 0, "slots": 0, "examples": 0, "time": time.perf_counter(),
                       "loss": {}}
             while self.step < len(steps):
-                losses = self.train_step(steps[self.step], window)
+                self.train_step(steps[self.step], window)
                 self.step += 1
                 boundary = self.step % cfg.grad_accumulation == 0 or self.step == len(steps)
                 if boundary:
@@ -172,13 +172,12 @@ class Trainer:
                     progress.close()
                     self.save_checkpoint()
                     return {"stopped_at_update": self.updates}
-                del losses
             progress.close()
             self.end_epoch()
         best = self.run_dir / "best.pt"
         return torch.load(best, weights_only=False)["metrics"] if best.exists() else {}
 
-    def train_step(self, step, window) -> dict[str, float]:
+    def train_step(self, step, window) -> None:
         """Forward every (task, batch) of one step; the combiner does the backward."""
         losses = {}
         for name, indices in step:
@@ -205,7 +204,6 @@ class Trainer:
             window["examples"] += batch.size
             window["loss"].setdefault(name, []).append(loss.item())
         self.combiner.backward(losses, self.model)
-        return losses
 
     def update(self):
         if self.config.train.clip_norm:
@@ -352,6 +350,6 @@ def train(config: RunConfig) -> dict:
     for name, task in tasks.items():
         examples, file_counts = task.read_train(config.data.dir, config.train.seed)
         counts.update(file_counts)
-        train_sets[name] = EncodedTask(name, examples, tokenizer, model.cross_encode)
+        train_sets[name] = EncodedTask(name, examples, tokenizer, model.cross_encode(name))
     dev_sets = encode_split(config, tasks, tokenizer, "dev")
     return Trainer(config, tasks, model, train_sets, dev_sets, counts).fit()

@@ -155,3 +155,21 @@ def test_a_declared_task_missing_its_columns_is_named():
         build_task("nli", {})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['colour'\]"):
         build_task("sst", {"colour": "red"})
+
+
+def test_pair_encoding_can_be_chosen_per_task(tiny_checkpoint):
+    from minbert import BertModel
+    from minbert.multitask import ConcatPairHead, CosinePairHead, LinearHead, MultiTaskModel
+    from minbert.tasks import build_task
+    tasks = {"quora": build_task("quora", {}), "sts": build_task("sts", {"pair_encoding": "bi"}),
+             "sst": build_task("sst", {})}
+    model = MultiTaskModel(BertModel.from_pretrained(tiny_checkpoint), tasks, "cross")
+    assert model.cross_encode("quora") and not model.cross_encode("sts")
+    assert not model.cross_encode("sst")  # a single sentence is never a pair
+    assert isinstance(model.heads["quora"], LinearHead)
+    assert isinstance(model.heads["sts"], CosinePairHead)
+    tasks["quora"] = build_task("quora", {"pair_encoding": "bi"})
+    model = MultiTaskModel(BertModel.from_pretrained(tiny_checkpoint), tasks, "cross")
+    assert isinstance(model.heads["quora"], ConcatPairHead)
+    with pytest.raises(ValueError, match="tasks.sts.pair_encoding"):
+        build_task("sts", {"pair_encoding": "both"})

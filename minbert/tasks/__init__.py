@@ -60,6 +60,9 @@ def build_task(name: str, spec: dict) -> Task:
             raise ValueError(f"tasks.{name}.{required} is required")
     if len(spec["text_columns"]) not in (1, 2):
         raise ValueError(f"tasks.{name}.text_columns: one column (a sentence) or two (a pair)")
+    if spec.get("pair_encoding") not in (None, "cross", "bi"):
+        raise ValueError(f"tasks.{name}.pair_encoding: {spec['pair_encoding']!r} is not "
+                         "'cross' or 'bi'")
     spec["text_columns"] = tuple(spec["text_columns"])
     spec.setdefault("output_prefix", name)
     return cls(name=name, **spec)

@@ -22,6 +22,7 @@ class Task:
     output_prefix: str = ""        # leaderboard file name: {prefix}-dev-output.csv
     prediction_header: str = "Predicted"
     subsample: float | None = None  # keep a fraction (< 1) or a count (≥ 1) of training data
+    pair_encoding: str | None = None  # "cross" | "bi" for this pair task; None: model.pair_encoding
 
     metric_name = "metric"
 
@@ -32,6 +33,10 @@ class Task:
     @property
     def num_outputs(self) -> int:
         raise NotImplementedError
+
+    def cross_encoded(self, default_encoding: str) -> bool:
+        """Whether this task's pairs are one sequence; `default_encoding` is the run's."""
+        return self.is_pair and (self.pair_encoding or default_encoding) == "cross"
 
     def parse_label(self, raw: str) -> float:
         raise NotImplementedError

@@ -1,0 +1,47 @@
+"""Writes a run's fine-tuned encoder as an HF-format folder, and its heads beside it.
+
+The folder (config.json, model.safetensors, vocab.txt / tokenizer files) loads with
+`transformers.BertModel.from_pretrained` or `minbert.BertModel.from_pretrained`; the task
+heads go to heads.safetensors with heads.json describing them.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from minbert.checkpoints import resolve_checkpoint
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+def export_run(model, config, out: str | Path) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = model.encoder
+    (out / "config.json").write_text(json.dumps(encoder.config.to_dict(), indent=2),
+                                     encoding="utf-8")
+    save_file({k: v.detach().contiguous() for k, v in encoder.state_dict().items()},
+              str(out / "model.safetensors"), metadata={"format": "pt"})
+    source = resolve_checkpoint(config.model.checkpoint)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
+    heads = {f"{task}.{key}": value.detach().contiguous()
+             for task, head in model.heads.items() for key, value in head.state_dict().items()}
+    save_file(heads, str(out / "heads.safetensors"))
+    (out / "heads.json").write_text(json.dumps({
+        "pair_encoding": config.model.pair_encoding, "pooling": config.model.pooling,
+        "similarity_head": config.model.similarity_head,
+        "heads": {task: type(head).__name__ for task, head in model.heads.items()},
+        "tasks": config.data.tasks}, indent=2), encoding="utf-8")
+    return out
+
+
+def load_heads(folder: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(str(Path(folder) / "heads.safetensors"))
