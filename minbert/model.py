@@ -235,7 +235,9 @@ class BertModel(nn.Module):
             token_type_ids = torch.zeros(batch, seq, dtype=torch.long, device=word_embeds.device)
         mask = None
         if attention_mask is not None:
-            mask = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, seq): True = attend
+            # additive float mask, (batch, 1, 1, seq): built once, not converted per layer
+            mask = torch.zeros(batch, 1, 1, seq, dtype=word_embeds.dtype, device=word_embeds.device)
+            mask.masked_fill_(~attention_mask.bool()[:, None, None, :], float("-inf"))
         hidden = self.encoder(self.embeddings(word_embeds, token_type_ids), mask)
         return hidden, self.pooler(hidden)
 
