@@ -6,7 +6,6 @@ an unnamed index column, read by column name. Test files have no label column.
 from __future__ import annotations
 
 import csv
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +179,3 @@ class EncodedTask:
         """Evaluation batches: sorted by length, deterministic."""
         order = np.argsort(self.lengths, kind="stable")
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def num_batches(size: int, batch_size: int) -> int:
-    return math.ceil(size / batch_size)

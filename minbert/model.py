@@ -281,8 +281,3 @@ class BertModel(nn.Module):
         unexpected = sorted(set(renamed) - set(own))
         self.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=False)
         return {"missing": missing, "unexpected": unexpected}
-
-
-def num_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-

@@ -109,6 +109,3 @@ class MultiTaskModel(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]
-
-    def task_parameters(self, task: str) -> list[nn.Parameter]:
-        return [p for p in self.heads[task].parameters() if p.requires_grad]
