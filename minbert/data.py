@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,7 +29,6 @@ class Examples:
     ids: list[str]
     texts: list[list[str]]  # one list per text column: [sentences] or [firsts, seconds]
     labels: np.ndarray | None = None
-    sources: list[str] = field(default_factory=list)  # file each example came from
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -39,8 +38,7 @@ class Examples:
         return Examples(
             ids=[self.ids[i] for i in indices],
             texts=[[column[i] for i in indices] for column in self.texts],
-            labels=None if self.labels is None else self.labels[indices],
-            sources=[self.sources[i] for i in indices] if self.sources else [])
+            labels=None if self.labels is None else self.labels[indices])
 
     @staticmethod
     def concatenate(parts: Sequence["Examples"]) -> "Examples":
@@ -48,8 +46,7 @@ class Examples:
         return Examples(
             ids=[i for p in parts for i in p.ids],
             texts=[[t for p in parts for t in p.texts[c]] for c in range(len(parts[0].texts))],
-            labels=None if any(x is None for x in labels) else np.concatenate(labels),
-            sources=[s for p in parts for s in p.sources])
+            labels=None if any(x is None for x in labels) else np.concatenate(labels))
 
 
 def read_examples(path: str | Path, text_columns: Sequence[str], label_column: str | None,
@@ -96,8 +93,7 @@ def read_examples(path: str | Path, text_columns: Sequence[str], label_column: s
                       f"fields), ids: {', '.join(skipped[:20])}", stacklevel=2)
     if not ids:
         raise DataError(f"{path}: no usable rows")
-    return Examples(ids, texts, np.asarray(labels, dtype=np.float64) if label_column else None,
-                    [str(path)] * len(ids))
+    return Examples(ids, texts, np.asarray(labels, dtype=np.float64) if label_column else None)
 
 
 def subsample_indices(size: int, amount: float | int | None, seed: int) -> np.ndarray:
