@@ -1,4 +1,4 @@
-"""`minbert train | evaluate | predict | report | export`: each reads a TOML config (or a run folder's saved
+"""`minbert train | evaluate | predict | report | export | data`: each reads a TOML config (or a run folder's saved
 one); `section.key=value` arguments override it."""
 from __future__ import annotations
 
@@ -98,6 +98,19 @@ def cmd_export(args):
     return 0
 
 
+def cmd_data(args):
+    if args.data_command == "convert":
+        from minbert.convert import convert
+        report = convert(args.kind, args.source, args.out)
+        print(f"wrote {args.out}: {report}")
+    else:
+        from minbert.fetch import fetch
+        counts = fetch(args.datasets, args.out, seed=args.seed)
+        for file, n in counts.items():
+            print(f"wrote {Path(args.out) / file} ({n:,} rows)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minbert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("out")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("data", help="convert extra training data; fetch the datasets")
+    data = p.add_subparsers(dest="data_command", required=True)
+    q = data.add_parser("convert", help="SNLI jsonl or Yelp CSV -> a task file")
+    q.add_argument("kind", choices=["snli", "yelp"])
+    q.add_argument("source", help="snli_1.0_train.jsonl, or yelp_review_full_csv/train.csv")
+    q.add_argument("out", help="the task file to write, e.g. data/snli-train.csv")
+    q = data.add_parser("fetch", help="download the datasets (needs a network and `datasets`)")
+    q.add_argument("datasets", nargs="*", default=["sst", "quora", "sts"],
+                   help="some of sst quora sts snli yelp (default: sst quora sts)")
+    q.add_argument("--out", default="data", help="output folder (default ./data)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the 10%% Quora subset")
+    p.set_defaults(func=cmd_data)
     return parser
 
 

@@ -64,6 +64,8 @@ class TrainConfig:
     precision: str = "fp32"           # fp32 | bf16 (autocast)
     max_steps: int = 0                # stop after N steps of the whole run (0: no limit)
     tensorboard: bool = False         # also write TensorBoard scalars to RUN_DIR/tensorboard
+    compile: bool = False             # torch.compile the encoder
+    compile_backend: str = "inductor"  # torch.compile backend (inductor needs a C++ compiler)
 
 
 @dataclass

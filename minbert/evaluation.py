@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minbert import distributed
 from minbert.data import EncodedTask
 from minbert.tasks import Task
 
@@ -25,15 +26,18 @@ def predict(model, task: Task, data: EncodedTask, batch_size: int, device,
     """Predictions in label units for every example of `data`, in file order."""
     was_training = model.training
     model.eval()
-    out = np.zeros(len(data), dtype=np.float64)
-    for indices in data.sorted_batches(batch_size):
+    out = torch.zeros(len(data), dtype=torch.float64)
+    batches = list(data.sorted_batches(batch_size))
+    for indices in batches[distributed.rank()::distributed.world_size()]:  # DDP: a share
         batch = data.batch(indices).to(device)
         with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
                             enabled=autocast_dtype is not None):
             logits = model(batch)
-        out[indices] = task.predict(logits.float()).cpu().numpy()
+        out[torch.as_tensor(indices)] = task.predict(logits.float()).cpu().double()
     model.train(was_training)
-    return out
+    if distributed.active():  # every rank filled its own batches; the sum is all of them
+        out = distributed.all_reduce_sum_(out.to(device)).cpu()
+    return out.numpy()
 
 
 def evaluate(model, tasks: dict[str, Task], datasets: dict[str, EncodedTask], batch_size: int,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from minbert import distributed
 from minbert.combiners import make_combiner
 from minbert.config import RunConfig
 from minbert.data import EncodedTask
@@ -32,7 +33,7 @@ from minbert.tokenizer import Tokenizer
 # config keys that may change between a run and its resumption
 RESUMABLE_CHANGES = {"run_dir", "data.dir", "data.eval_batch_size", "train.device",
                      "train.checkpoint_every", "train.log_every", "train.max_steps",
-                     "train.tensorboard"}
+                     "train.tensorboard", "train.compile", "train.compile_backend"}
 
 
 class TrainingError(RuntimeError):
@@ -40,8 +41,11 @@ class TrainingError(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when present, else the CPU; under torchrun, 'cuda' is the rank's GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{os.environ['LOCAL_RANK']}"
     return torch.device(name)
 
 
@@ -96,7 +100,14 @@ class Trainer:
         self.device = resolve_device(config.train.device)
         self.autocast = torch.bfloat16 if config.train.precision == "bf16" else None
         cfg = config.train
+        distributed.init_from_env(self.device)
+        self.main = distributed.is_main()  # only rank 0 writes the run folder
         self.model.to(self.device)
+        distributed.broadcast_parameters(self.model)
+        if distributed.active():  # each rank its own dropout masks and SMART noise
+            torch.manual_seed(cfg.seed + 1000 * distributed.rank())
+        if cfg.compile:
+            self.model.encoder.compile(backend=cfg.compile_backend)
         if cfg.mode == "last-linear-layer":
             for p in self.model.encoder.parameters():
                 p.requires_grad_(False)
@@ -143,7 +154,7 @@ class Trainer:
         cfg = self.config.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.resume_if_possible()
-        if not resumed:
+        if not resumed and self.main:
             (self.run_dir / "config.json").write_text(
                 json.dumps(self.config.to_dict(), indent=2), encoding="utf-8")
             self.log({"type": "start", "train_examples": {n: len(d) for n, d in
@@ -154,7 +165,8 @@ class Trainer:
         while self.epoch < cfg.epochs:
             steps = self._plan(self.epoch)
             progress = tqdm(total=len(steps), initial=self.step, desc=f"epoch {self.epoch + 1}",
-                            mininterval=5, disable=None, dynamic_ncols=True)
+                            mininterval=5, disable=None if self.main else True,
+                            dynamic_ncols=True)
             window = {"tokens": 0, "slots": 0, "examples": 0, "time": time.perf_counter(),
                       "loss": {}}
             while self.step < len(steps):
@@ -174,6 +186,7 @@ class Trainer:
                     return {"stopped_at_update": self.updates}
             progress.close()
             self.end_epoch()
+        distributed.barrier()
         best = self.run_dir / "best.pt"
         return torch.load(best, weights_only=False)["metrics"] if best.exists() else {}
 
@@ -182,13 +195,20 @@ class Trainer:
         losses = {}
         for name, indices in step:
             task = self.tasks[name]
-            batch = self.train_sets[name].batch(indices).to(self.device)
+            mine = distributed.shard(indices)  # all of them in a single process
+            if not mine:  # a batch smaller than the number of ranks: take part with zero
+                losses[name] = sum(0.0 * p.sum() for p in self.model.parameters()
+                                   if p.requires_grad)
+                continue
+            batch = self.train_sets[name].batch(mine).to(self.device)
             with torch.autocast(self.device.type, dtype=self.autocast,
                                 enabled=self.autocast is not None):
                 logits = self.model(batch).float()
                 loss = task.loss(logits, batch.labels)
                 for regularizer in self.regularizers:
                     loss = loss + regularizer(self.model, task, batch, logits)
+                # the mean of the ranks' gradients is the gradient of the whole batch's mean
+                loss = loss * (len(mine) * distributed.world_size() / len(indices))
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"task {name}: the loss is {loss.item()} at epoch {self.epoch + 1}, step "
@@ -206,6 +226,7 @@ class Trainer:
         self.combiner.backward(losses, self.model)
 
     def update(self):
+        distributed.all_reduce_grads(self.model.parameters())
         if self.config.train.clip_norm:
             torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.grad is not None],
@@ -223,7 +244,10 @@ class Trainer:
                                         self.config.data.eval_batch_size, self.device,
                                         self.autocast)
         train_metrics = {}
-        for name, (preds, labels) in self.train_outputs.items():
+        for name in self.tasks:  # every rank's training predictions
+            parts = distributed.gather_objects(self.train_outputs[name])
+            preds = [p for rank_preds, _ in parts for p in rank_preds]
+            labels = [y for _, rank_labels in parts for y in rank_labels]
             if preds:
                 train_metrics[name] = self.tasks[name].metric(np.concatenate(preds),
                                                               np.concatenate(labels))
@@ -231,17 +255,18 @@ class Trainer:
         self.log({"type": "epoch", "epoch": self.epoch + 1, "updates": self.updates,
                   "train": train_metrics, "dev": metrics,
                   "eval_seconds": round(time.perf_counter() - start, 1)})
-        tqdm.write(f"epoch {self.epoch + 1}: train overall {train_metrics['overall']:.3f}\n"
-                   + format_table(metrics, self.tasks))
+        if self.main:
+            tqdm.write(f"epoch {self.epoch + 1}: train overall "
+                       f"{train_metrics['overall']:.3f}\n" + format_table(metrics, self.tasks))
         if metrics["overall"] > self.best:
             self.best = metrics["overall"]
             self._atomic_save({"model": self.model.state_dict(), "metrics": metrics,
                                "epoch": self.epoch + 1, "config": self.config.to_dict()},
                               self.run_dir / "best.pt")
             out = self.run_dir / "predictions"
-            out.mkdir(exist_ok=True)
-            for name, values in predictions.items():  # the best model's dev predictions
-                task = self.tasks[name]
+            for name, values in predictions.items() if self.main else ():
+                task = self.tasks[name]  # the best model's dev predictions
+                out.mkdir(exist_ok=True)
                 write_predictions(out / f"{task.output_prefix}-dev-output.csv", task,
                                   self.dev_sets[name].examples.ids, values)
         self.epoch += 1
@@ -251,6 +276,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- logging
     def log(self, record: dict):
+        if not self.main:
+            return
         record = {"time": round(time.time(), 1), **record}
         with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as fp:
             fp.write(json.dumps(record) + "\n")
@@ -289,23 +316,26 @@ class Trainer:
         window.update(tokens=0, slots=0, examples=0, time=time.perf_counter(), loss={})
 
     # ----------------------------------------------------------------- checkpoints
-    @staticmethod
-    def _atomic_save(obj, path: Path):
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+    def _atomic_save(self, obj, path: Path):
+        """Rank 0 writes a temporary file, then renames it: a kill leaves the old file."""
+        if self.main:
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save(obj, tmp)
+            os.replace(tmp, path)
+        distributed.barrier()
 
     def save_checkpoint(self):
         log = self.run_dir / "log.jsonl"
+        rng = distributed.gather_objects(  # every rank's dropout / noise generator
+            {"torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
         self._atomic_save({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "combiner": self.combiner.state_dict(),
             "regularizers": [r.state_dict() for r in self.regularizers],
             "epoch": self.epoch, "step": self.step, "updates": self.updates, "best": self.best,
             "train_outputs": self.train_outputs, "config": self.config.to_dict(),
-            "log_bytes": log.stat().st_size if log.exists() else 0,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "log_bytes": log.stat().st_size if log.exists() else 0, "rng": rng,
         }, self.run_dir / "checkpoint.pt")
 
     def resume_if_possible(self) -> bool:
@@ -329,15 +359,17 @@ class Trainer:
             regularizer.load_state_dict(reg_state)
         self.epoch, self.step, self.updates = state["epoch"], state["step"], state["updates"]
         self.best, self.train_outputs = state["best"], state["train_outputs"]
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        rng = state["rng"][distributed.rank() % len(state["rng"])]
+        torch.set_rng_state(rng["torch"].cpu())
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         log = self.run_dir / "log.jsonl"
-        if log.exists():  # drop what the interrupted run logged after its checkpoint
+        if log.exists() and self.main:  # drop what was logged after the checkpoint
             with open(log, "r+b") as fp:
                 fp.truncate(state["log_bytes"])
-        tqdm.write(f"resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
-                   f"{self.updates} updates done")
+        if self.main:
+            tqdm.write(f"resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
+                       f"{self.updates} updates done")
         self.log({"type": "resume", "epoch": self.epoch + 1, "step": self.step})
         return True
 
@@ -352,4 +384,7 @@ def train(config: RunConfig) -> dict:
         counts.update(file_counts)
         train_sets[name] = EncodedTask(name, examples, tokenizer, model.cross_encode(name))
     dev_sets = encode_split(config, tasks, tokenizer, "dev")
-    return Trainer(config, tasks, model, train_sets, dev_sets, counts).fit()
+    try:
+        return Trainer(config, tasks, model, train_sets, dev_sets, counts).fit()
+    finally:
+        distributed.shutdown()
