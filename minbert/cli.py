@@ -1,9 +1,10 @@
-"""`minbert train | evaluate | predict | report | export | data`: each reads a TOML config (or a run folder's saved
-one); `section.key=value` arguments override it."""
+"""`minbert train | evaluate | predict | report | export | data`: each reads a TOML config
+(or a run folder's saved one); `section.key=value` arguments override it."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -35,7 +36,7 @@ def cmd_train(args):
     overrides += ["train.tensorboard=true"] if args.tensorboard else []
     config = load_config(args.config, overrides)
     result = train(config)
-    if "overall" in result:
+    if "overall" in result and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 says it
         print(f"\nbest dev metrics ({config.run_dir}/best.pt):")
         print(format_table(result, build_tasks(config)))
         if "quora" in result and config.model.checkpoint == "minilm-l6":

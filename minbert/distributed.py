@@ -69,10 +69,11 @@ def all_reduce_grads(parameters) -> None:
     """Averages `.grad` across ranks, through one flat buffer (one collective)."""
     if not active():
         return
-    params = [p for p in parameters if p.requires_grad]
-    for p in params:
-        if p.grad is None:  # a task this rank's step did not touch: take part with zeros
-            p.grad = torch.zeros_like(p)
+    # which parameters have a gradient is the same on every rank: the ranks run the same
+    # tasks at every step (a head whose task sat out keeps None, as in one process)
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        return
     flat = torch.cat([p.grad.reshape(-1) for p in params])
     all_reduce_mean_(flat)
     offset = 0

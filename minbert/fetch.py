@@ -4,13 +4,16 @@ that every command runs on them with `data.dir` pointing at the folder.
 
 What comes from where, and how it differs from the CS224N files:
 
-| task | hub dataset | files | note |
-|---|---|---|---|
-| sst | SetFit/sst5 | ids-sst-{train,dev,test-student}.csv | the standard SST-5 split (8,544 / 1,101 / 2,210), as CS224N's |
-| quora | nyu-mll/glue, qqp | quora-{train,dev,test-student}.csv, quora-train-subset.csv | GLUE's QQP split, not CS224N's; the subset is a seeded 10% sample of train, the report's setting |
-| sts | nyu-mll/glue, stsb | sts-{train,dev,test-student}.csv | GLUE's STS-B split (5,749 / 1,500 / 1,379), not CS224N's |
-| snli | stanfordnlp/snli | snli-train.csv | gold labels only (the hub copy has no annotator votes): 0 / 3 / 5; `data convert snli` averages votes |
-| yelp | Yelp/yelp_review_full | yelp-train.csv | stars 1–5 as sentiment 0–4 |
+- sst: SetFit/sst5 → ids-sst-{train,dev,test-student}.csv; the standard SST-5 split
+  (8,544 / 1,101 / 2,210), the one CS224N uses.
+- quora: nyu-mll/glue, qqp → quora-{train,dev,test-student}.csv and quora-train-subset.csv;
+  GLUE's QQP split, not CS224N's; the subset is a seeded 10% sample of train (the
+  report's setting, and the file the built-in task trains on).
+- sts: nyu-mll/glue, stsb → sts-{train,dev,test-student}.csv; GLUE's STS-B split
+  (5,749 / 1,500 / 1,379), not CS224N's.
+- snli: stanfordnlp/snli → snli-train.csv; the hub copy has gold labels only (no
+  annotator votes), mapped to 0 / 3 / 5; `minbert data convert snli` averages the votes.
+- yelp: Yelp/yelp_review_full → yelp-train.csv; stars 1–5 as sentiment 0–4.
 
 Test files are written without their label column, as the CS224N ones are.
 """
@@ -66,25 +69,30 @@ SOURCES: dict[str, HubSource] = {
 QUORA_SUBSET = ("quora-train.csv", "quora-train-subset.csv", 0.1)
 
 
-def write_dataset(name: str, dataset, out: str | Path, seed: int = 0) -> dict[str, int]:
+def write_dataset(name: str, dataset, out: str | Path, seed: int = 0,
+                  log: Callable[[str], None] = print) -> dict[str, int]:
     """Writes one fetched dataset (a `datasets.DatasetDict`, or any mapping of split name to
-    a sequence of row dicts) into `out`; returns the rows written per file."""
+    a sequence of row dicts) into `out`; returns the rows written per file and logs the
+    rows skipped."""
     source, out = SOURCES[name], Path(out)
     counts = {}
     for split, file, labelled in source.splits:
         if split not in dataset:
             raise DataError(f"{source.repo}: no split {split!r} (it has {sorted(dataset)})")
-        rows = []
+        rows, skipped = [], 0
         for number, record in enumerate(dataset[split]):
             texts = [clean_text(record[f]) for f in source.text_fields]
             label = source.label(record["label"]) if labelled else None
             if (labelled and label is None) or not all(texts):
-                continue  # no gold label (SNLI -1) or an empty sentence
+                skipped += 1  # no gold label (SNLI -1) or an empty sentence
+                continue
             key = record.get("idx", number)
             rows.append((make_id(f"{name}-{split}", str(key)), *texts,
                          *([label] if labelled else [])))
         columns = source.columns if labelled else source.columns[:-1]
         counts[file] = write_task_file(out / file, columns, rows)
+        if skipped:
+            log(f"{file}: skipped {skipped:,} rows without a gold label or with empty text")
         if name == "quora" and file == QUORA_SUBSET[0]:
             keep = np.random.default_rng(seed).permutation(len(rows))
             keep = np.sort(keep[:round(QUORA_SUBSET[2] * len(rows))])
@@ -132,5 +140,5 @@ def fetch(names: list[str], out: str | Path, seed: int = 0, endpoint: str | None
         log(f"fetching {name} from {source.repo}" + (f" ({source.config})" if source.config
                                                      else ""))
         counts.update(write_dataset(name, datasets.load_dataset(source.repo, source.config),
-                                    out, seed))
+                                    out, seed, log))
     return counts

@@ -80,6 +80,19 @@ def encode_split(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer
     return out
 
 
+def _own_share(saved, tasks) -> dict:
+    """This rank's saved training predictions: its own when the number of ranks is the same
+    as when saved; otherwise rank 0 takes them all (a dict: an older one-rank checkpoint)."""
+    if isinstance(saved, dict):
+        saved = [saved]
+    if len(saved) == distributed.world_size():
+        return saved[distributed.rank()]
+    if distributed.rank() > 0:
+        return {name: ([], []) for name in tasks}
+    return {name: ([p for s in saved for p in s[name][0]], [y for s in saved for y in s[name][1]])
+            for name in tasks}
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in d.items():
@@ -196,25 +209,25 @@ class Trainer:
         for name, indices in step:
             task = self.tasks[name]
             mine = distributed.shard(indices)  # all of them in a single process
-            if not mine:  # a batch smaller than the number of ranks: take part with zero
-                losses[name] = sum(0.0 * p.sum() for p in self.model.parameters()
-                                   if p.requires_grad)
-                continue
-            batch = self.train_sets[name].batch(mine).to(self.device)
+            # the mean of the ranks' gradients is the gradient of the whole batch's mean loss
+            weight = len(mine) * distributed.world_size() / len(indices)
+            # a rank whose share of a short batch is empty still runs one example, weighted
+            # 0, so that every rank's backward touches the same parameters
+            batch = self.train_sets[name].batch(mine or indices[:1]).to(self.device)
             with torch.autocast(self.device.type, dtype=self.autocast,
                                 enabled=self.autocast is not None):
                 logits = self.model(batch).float()
                 loss = task.loss(logits, batch.labels)
                 for regularizer in self.regularizers:
                     loss = loss + regularizer(self.model, task, batch, logits)
-                # the mean of the ranks' gradients is the gradient of the whole batch's mean
-                loss = loss * (len(mine) * distributed.world_size() / len(indices))
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"task {name}: the loss is {loss.item()} at epoch {self.epoch + 1}, step "
                     f"{self.step + 1}; stopping. The last good checkpoint is kept in "
                     f"{self.run_dir / 'checkpoint.pt'}; lower train.lr or check the data.")
-            losses[name] = loss / self.config.train.grad_accumulation
+            losses[name] = loss * weight / self.config.train.grad_accumulation
+            if not mine:
+                continue
             preds, labels = self.train_outputs[name]
             preds.append(task.predict(logits.detach()).cpu().numpy())
             labels.append(batch.labels.cpu().numpy())
@@ -263,12 +276,13 @@ class Trainer:
             self._atomic_save({"model": self.model.state_dict(), "metrics": metrics,
                                "epoch": self.epoch + 1, "config": self.config.to_dict()},
                               self.run_dir / "best.pt")
-            out = self.run_dir / "predictions"
-            for name, values in predictions.items() if self.main else ():
-                task = self.tasks[name]  # the best model's dev predictions
+            if self.main:  # the best model's dev predictions
+                out = self.run_dir / "predictions"
                 out.mkdir(exist_ok=True)
-                write_predictions(out / f"{task.output_prefix}-dev-output.csv", task,
-                                  self.dev_sets[name].examples.ids, values)
+                for name, values in predictions.items():
+                    task = self.tasks[name]
+                    write_predictions(out / f"{task.output_prefix}-dev-output.csv", task,
+                                      self.dev_sets[name].examples.ids, values)
         self.epoch += 1
         self.step = 0
         self.train_outputs = {name: ([], []) for name in self.tasks}
@@ -334,7 +348,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "combiner": self.combiner.state_dict(),
             "regularizers": [r.state_dict() for r in self.regularizers],
             "epoch": self.epoch, "step": self.step, "updates": self.updates, "best": self.best,
-            "train_outputs": self.train_outputs, "config": self.config.to_dict(),
+            "train_outputs": distributed.gather_objects(self.train_outputs),  # per rank
+            "config": self.config.to_dict(),
             "log_bytes": log.stat().st_size if log.exists() else 0, "rng": rng,
         }, self.run_dir / "checkpoint.pt")
 
@@ -358,8 +373,10 @@ class Trainer:
         for regularizer, reg_state in zip(self.regularizers, state["regularizers"]):
             regularizer.load_state_dict(reg_state)
         self.epoch, self.step, self.updates = state["epoch"], state["step"], state["updates"]
-        self.best, self.train_outputs = state["best"], state["train_outputs"]
-        rng = state["rng"][distributed.rank() % len(state["rng"])]
+        self.best = state["best"]
+        self.train_outputs = _own_share(state["train_outputs"], self.tasks)
+        rng = state["rng"]  # a list, one state per rank (a dict in older checkpoints)
+        rng = rng if isinstance(rng, dict) else rng[distributed.rank() % len(rng)]
         torch.set_rng_state(rng["torch"].cpu())
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])

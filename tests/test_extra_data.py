@@ -125,11 +125,13 @@ def test_fetched_files_are_read_by_the_builtin_tasks(tmp_path):
 
 
 def test_fetched_snli_and_yelp(tmp_path):
-    snli = hub_like("snli", 60)
-    write_dataset("snli", snli, tmp_path)
+    snli, said = hub_like("snli", 60), []
+    write_dataset("snli", snli, tmp_path, log=said.append)
     examples = build_task("sts", {}).read(tmp_path / "snli-train.csv")
     gold = [label for label in snli["train"]["label"] if label != -1]
     assert len(examples) == len(gold) < 60
+    assert said == [f"snli-train.csv: skipped {60 - len(gold)} rows without a gold label "
+                    "or with empty text"]
     np.testing.assert_allclose(examples.labels, [{0: 5, 1: 3, 2: 0}[g] for g in gold])
     yelp = hub_like("yelp", 30)
     write_dataset("yelp", yelp, tmp_path)

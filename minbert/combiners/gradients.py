@@ -2,11 +2,11 @@
 
 Each task's loss is backpropagated on its own (one backward per task, no retain_graph);
 its gradient of the shared encoder is copied into row t of one (tasks, parameters) buffer
-and the parameters' .grad is cleared for the next task. Under DDP the buffer is averaged
-across ranks before the method sees it, so every rank makes the same decision. Heads get only their own task's
-gradient, so they are left where backward put them. A method then maps the Gram matrix
-G = g gᵀ (tasks × tasks) to weights w, and the shared gradient becomes Σ_t w_t g_t:
-everything a method decides is decided on a tasks × tasks matrix.
+and the parameters' .grad is cleared for the next task; under DDP the buffer is averaged
+across ranks before the method sees it, so every rank makes the same decision. Heads get
+only their own task's gradient, so they are left where backward put them. A method then
+maps the Gram matrix G = g gᵀ (tasks × tasks) to weights w, and the shared gradient
+becomes Σ_t w_t g_t: everything a method decides is decided on a tasks × tasks matrix.
 """
 from __future__ import annotations
 
