@@ -239,6 +239,8 @@ class Trainer:
         self.combiner.backward(losses, self.model)
 
     def update(self):
+        # DDP: averages accumulated gradients across ranks. Shared gradients that surgery
+        # already averaged are equal on every rank and pass unchanged (one extra collective)
         distributed.all_reduce_grads(self.model.parameters())
         if self.config.train.clip_norm:
             torch.nn.utils.clip_grad_norm_(
