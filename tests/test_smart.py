@@ -193,3 +193,39 @@ def test_smart_is_built_from_config_with_per_task_overrides():
     assert SmartSettings().divergence("final", build_task("sts", {})) == "squared"
     with pytest.raises(ValueError, match="smart.overrides.sts"):
         Smart.from_config(SmartConfig(overrides={"sts": {"lambda": 1}}), 10)
+
+
+@pytest.mark.parametrize("outside", ["bf16-autocast", "tf32-matmuls"])
+def test_adversarial_term_is_computed_in_full_precision(setup, outside):
+    """δ (ε = 1e-5) is below bf16/TF32 resolution: the term must not measure rounding noise."""
+    model, tasks, _, batch = setup
+    model.eval()  # no dropout: the only difference between the runs is the precision
+    task = tasks["quora"]
+    smart = Smart(SmartSettings(proximal_weight=0.0))
+
+    def term(reduced):
+        torch.manual_seed(3)
+        previous = torch.get_float32_matmul_precision()
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16,
+                                  enabled=reduced and outside == "bf16-autocast")
+        if reduced and outside == "tf32-matmuls":
+            torch.set_float32_matmul_precision("medium")  # bf16 matmuls on CPU
+        try:
+            with autocast:
+                value = smart(model, task, batch, model(batch)).item()
+            assert torch.get_float32_matmul_precision() == (
+                "medium" if reduced and outside == "tf32-matmuls" else previous)
+        finally:
+            torch.set_float32_matmul_precision(previous)
+        return value
+
+    exact = term(reduced=False)
+    assert exact > 0
+    assert term(reduced=True) == pytest.approx(exact, rel=1e-4)
+    # what the term would be if the passes kept bf16: dominated by rounding, not by δ
+    torch.manual_seed(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(batch)
+        noisy = smart._adversarial(model, task, batch, model.embed(batch), logits.detach().float(),
+                                   smart.settings).item()
+    assert noisy != pytest.approx(exact, rel=0.3)

@@ -13,9 +13,17 @@ embeddings are added and LayerNorm is applied). They are the only input-dependen
 of the embedding layer, so δ perturbs what the sentence says, not where a token sits;
 for bi-encoded pairs both sentences' word embeddings are perturbed, each with its own δ.
 Every reduction is a batch mean, so λs does not scale with the batch size.
+
+Precision: δ is tiny (ε = 1e-5 on embeddings of size ~3e-2), far below the resolution of
+bf16 (8-bit mantissa) or TF32 matmuls: under autocast f(x + δ) − f(x) is rounding noise
+(~1e-3 in the logits against a true ~1e-5), and the term would regularise that noise. So
+the adversarial passes, and their target f(x), always run in fp32 with IEEE matmuls; when
+the step runs under autocast the fp32 target is one extra no-grad forward. The task loss,
+the teacher and the proximal term keep the step's precision.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import asdict, dataclass, fields
 
@@ -62,6 +70,23 @@ def ascent_step(delta: torch.Tensor, grad: torch.Tensor, step_size: float, epsil
     return delta * (epsilon / (_per_token_norm(delta, norm) + 1e-12)).clamp(max=1.0)
 
 
+@contextlib.contextmanager
+def full_precision(device_type: str):
+    """fp32 with IEEE matmuls inside, whatever autocast or matmul precision is set outside."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _reduced_precision(device_type: str) -> bool:
+    return (torch.is_autocast_enabled(device_type)
+            or torch.get_float32_matmul_precision() != "highest")
+
+
 class Smart(Regularizer):
     def __init__(self, settings: SmartSettings, per_task: dict[str, SmartSettings] | None = None,
                  tasks: list[str] | None = None, total_updates: int = 1,
@@ -103,9 +128,19 @@ class Smart(Regularizer):
         return total
 
     def adversarial_loss(self, model, task, batch, logits, s: SmartSettings):
-        """ℓs(f(x + δ), f(x)) with δ from K projected ascent steps (Eq. 3)."""
-        target = logits.detach()
-        embeds = model.embed(batch)
+        """ℓs(f(x + δ), f(x)) with δ from K projected ascent steps (Eq. 3), in fp32."""
+        device_type = logits.device.type
+        reduced = _reduced_precision(device_type)
+        with full_precision(device_type):
+            embeds = model.embed(batch)
+            if reduced:  # the step's logits carry rounding noise far above the effect of δ
+                with torch.no_grad():
+                    target = model(batch, embeds).float()
+            else:
+                target = logits.detach()
+            return self._adversarial(model, task, batch, embeds, target, s)
+
+    def _adversarial(self, model, task, batch, embeds, target, s: SmartSettings):
         masks = [seg["attention_mask"].unsqueeze(-1).to(e.dtype)  # (batch, seq, 1)
                  for seg, e in zip(batch.segments, embeds)]
         deltas = [torch.randn_like(e) * s.noise_std * m for e, m in zip(embeds, masks)]
