@@ -229,3 +229,13 @@ def test_adversarial_term_is_computed_in_full_precision(setup, outside):
         noisy = smart._adversarial(model, task, batch, model.embed(batch), logits.detach().float(),
                                    smart.settings).item()
     assert noisy != pytest.approx(exact, rel=0.3)
+
+
+def test_inner_pass_leaves_frozen_and_trainable_parameters_as_they_were(setup):
+    model, tasks, batch, _ = setup
+    model.encoder.requires_grad_(False)  # as in the last-linear-layer setting
+    flags = [p.requires_grad for p in model.parameters()]
+    assert any(flags) and not all(flags)
+    term = Smart(SmartSettings(proximal_weight=0.0))(model, tasks["sts"], batch, model(batch))
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert term.requires_grad  # the final term still reaches the trainable head

@@ -82,6 +82,18 @@ def full_precision(device_type: str):
         torch.set_float32_matmul_precision(previous)
 
 
+@contextlib.contextmanager
+def _frozen(model):
+    """Parameters temporarily without requires_grad (restored as they were, frozen or not)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def _reduced_precision(device_type: str) -> bool:
     return (torch.is_autocast_enabled(device_type)
             or torch.get_float32_matmul_precision() != "highest")
@@ -150,10 +162,11 @@ class Smart(Regularizer):
         try:
             for _ in range(s.adversarial_steps):
                 deltas = [d.requires_grad_() for d in deltas]
-                inner = task.divergence(
-                    model(batch, [e.detach() + d for e, d in zip(embeds, deltas)]).float(),
-                    target, s.divergence("inner", task))
-                grads = torch.autograd.grad(inner, deltas)  # w.r.t. δ only: no weight grads
+                with _frozen(model):  # the inner pass needs ∂/∂δ only: save no weight inputs
+                    inner = task.divergence(
+                        model(batch, [e.detach() + d for e, d in zip(embeds, deltas)]).float(),
+                        target, s.divergence("inner", task))
+                    grads = torch.autograd.grad(inner, deltas)
                 deltas = [ascent_step(d.detach(), g, s.step_size, s.epsilon, s.norm) * m
                           for d, g, m in zip(deltas, grads, masks)]
             adversarial = model(batch, [e + d for e, d in zip(embeds, deltas)]).float()
