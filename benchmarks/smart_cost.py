@@ -1,6 +1,7 @@
 """Cost of a SMART training step against a plain step, same model and batch, one run.
 
-Prints the time of each, their ratio, and the share of the SMART step spent in each pass:
+Prints the time of each (and of SMART with only its adversarial or only its proximal term),
+their ratios, and the share of the full SMART step spent in each pass:
 the clean forward, the K inner ascent passes (forward + backward w.r.t. δ), the final
 adversarial forward, the teacher forward, the backward and the optimizer step.
 
@@ -25,8 +26,16 @@ def main():
     config, tasks, model, batches = model_and_batches(per_task=args.batch)
     task, batch = tasks[args.task], batches[args.task]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    smart = Smart(SmartSettings(adversarial_steps=args.K), total_updates=1000)
-    # time the passes separately by wrapping the regulariser's two parts
+    variants = {  # name: (λs, μ)
+        "SMART (adversarial + proximal)": (1.0, 1.0),
+        "adversarial term only (μ = 0)": (1.0, 0.0),
+        "proximal term only (λs = 0)": (0.0, 1.0),
+    }
+    smarts = {name: Smart(SmartSettings(adversarial_steps=args.K, adversarial_weight=ls,
+                                        proximal_weight=mu), total_updates=1000)
+              for name, (ls, mu) in variants.items()}
+    full = smarts["SMART (adversarial + proximal)"]
+    # time the passes separately by wrapping the full regulariser's two parts
     timings = {}
 
     def timed(name, fn):
@@ -37,51 +46,52 @@ def main():
             return out
         return wrapper
 
-    smart.adversarial_loss = timed("adversarial (K inner + final forward)", smart.adversarial_loss)
-    smart.proximal_loss = timed("teacher forward (proximal term)", smart.proximal_loss)
+    full.adversarial_loss = timed("adversarial (K inner + final forward)", full.adversarial_loss)
+    full.proximal_loss = timed("teacher forward (proximal term)", full.proximal_loss)
 
-    def step(use_smart):
+    def step(smart):
         start = time.perf_counter()
         logits = model(batch)
         loss = task.loss(logits, batch.labels)
         t_forward = time.perf_counter()
-        if use_smart:
+        if smart is not None:
             loss = loss + smart(model, task, batch, logits)
         t_reg = time.perf_counter()
         loss.backward()
         t_backward = time.perf_counter()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        smart.after_step(model) if use_smart else None
+        smart.after_step(model) if smart is not None else None
         end = time.perf_counter()
         return {"clean forward": t_forward - start, "regulariser": t_reg - t_forward,
                 "backward": t_backward - t_reg, "optimizer step": end - t_backward}
 
-    for use_smart in (False, True):  # warm-up
-        step(use_smart)
+    for smart in (None, *smarts.values()):  # warm-up
+        step(smart)
     timings.clear()
-    plain, with_smart = [], []
+    times = {name: [] for name in ("plain", *smarts)}
     parts = {}
-    for _ in range(args.steps):
-        plain.append(sum(step(False).values()))
-        result = step(True)
-        with_smart.append(sum(result.values()))
-        for k, v in result.items():
-            parts[k] = parts.get(k, 0.0) + v
-    plain_s, smart_s = min(plain), min(with_smart)
+    for _ in range(args.steps):  # interleaved, so a slow spell of the machine hits all
+        times["plain"].append(sum(step(None).values()))
+        for name, smart in smarts.items():
+            result = step(smart)
+            times[name].append(sum(result.values()))
+            if smart is full:
+                for k, v in result.items():
+                    parts[k] = parts.get(k, 0.0) + v
+    best = {name: min(values) for name, values in times.items()}
     print(f"task {args.task}, batch {args.batch}, K = {args.K}, {config.model.checkpoint}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"plain step  {plain_s * 1000:8.1f} ms")
-    print(f"SMART step  {smart_s * 1000:8.1f} ms   ratio {smart_s / plain_s:.2f}x\n")
+          f"{torch.get_num_threads()} threads, best of {args.steps}")
+    for name, value in best.items():
+        print(f"{name:<34}{value * 1000:8.1f} ms   ratio {value / best['plain']:.2f}x")
     total = sum(parts.values())
-    print("share of the SMART step:")
+    print("\nshare of the full SMART step:")
     for name in ("clean forward",):
         print(f"  {name:<40}{parts[name] / total:>6.1%}")
     for name, value in timings.items():
         print(f"  {name:<40}{value / total:>6.1%}")
     for name in ("backward", "optimizer step"):
         print(f"  {name:<40}{parts[name] / total:>6.1%}")
-
 
 if __name__ == "__main__":
     main()
