@@ -92,6 +92,44 @@ def main():
         print(f"  {name:<40}{value / total:>6.1%}")
     for name in ("backward", "optimizer step"):
         print(f"  {name:<40}{parts[name] / total:>6.1%}")
+    floor(model, task, batch, full, optimizer, args.steps, best["plain"])
+
+
+def floor(model, task, batch, smart, optimizer, steps, plain):
+    """Each pass timed alone: what SMART at K = 1 must add to a plain step, at the least."""
+    times = {}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        out = fn()
+        times.setdefault(name, []).append(time.perf_counter() - start)
+        return out
+
+    for _ in range(steps + 1):
+        target = model(batch).detach()
+        embeds = [e.detach() for e in model.embed(batch)]
+        deltas = [torch.zeros_like(e, requires_grad=True) for e in embeds]
+        model.requires_grad_(False)
+        inner = timed("inner forward (parameters frozen)", lambda: model(
+            batch, [e + d for e, d in zip(embeds, deltas)]))
+        divergence = task.divergence(inner.float(), target, "kl")
+        timed("inner backward (w.r.t. δ only)", lambda: torch.autograd.grad(divergence, deltas))
+        model.requires_grad_(True)
+        final = timed("final forward", lambda: model(batch, [e + d for e, d in
+                                                             zip(embeds, deltas)]))
+        divergence = task.divergence(final.float(), target, "sym-kl")
+        timed("final backward (parameters)", divergence.backward)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            timed("teacher forward (no grad, eval)", lambda: smart.teacher(batch))
+        timed("teacher update", lambda: smart.after_step(model))
+    best = {name: min(values[1:]) for name, values in times.items()}  # first is a warm-up
+    print("\neach extra pass alone (best of the same steps):")
+    for name, value in best.items():
+        print(f"  {name:<40}{value * 1000:8.1f} ms")
+    extra = sum(best.values())
+    print(f"floor: plain + these = {(plain + extra) * 1000:.1f} ms, "
+          f"ratio {(plain + extra) / plain:.2f}x")
 
 if __name__ == "__main__":
     main()
