@@ -131,5 +131,6 @@ def floor(model, task, batch, smart, optimizer, steps, plain):
     print(f"floor: plain + these = {(plain + extra) * 1000:.1f} ms, "
           f"ratio {(plain + extra) / plain:.2f}x")
 
+
 if __name__ == "__main__":
     main()

@@ -195,33 +195,21 @@ def test_smart_is_built_from_config_with_per_task_overrides():
         Smart.from_config(SmartConfig(overrides={"sts": {"lambda": 1}}), 10)
 
 
-@pytest.mark.parametrize("outside", ["bf16-autocast", "tf32-matmuls"])
-def test_adversarial_term_is_computed_in_full_precision(setup, outside):
-    """δ (ε = 1e-5) is below bf16/TF32 resolution: the term must not measure rounding noise."""
+def test_adversarial_term_is_computed_in_full_precision(setup):
+    """δ (ε = 1e-5) is below bf16 resolution: the term must not measure rounding noise."""
     model, tasks, _, batch = setup
     model.eval()  # no dropout: the only difference between the runs is the precision
     task = tasks["quora"]
     smart = Smart(SmartSettings(proximal_weight=0.0))
 
-    def term(reduced):
+    def term(bf16):
         torch.manual_seed(3)
-        previous = torch.get_float32_matmul_precision()
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16,
-                                  enabled=reduced and outside == "bf16-autocast")
-        if reduced and outside == "tf32-matmuls":
-            torch.set_float32_matmul_precision("medium")  # bf16 matmuls on CPU
-        try:
-            with autocast:
-                value = smart(model, task, batch, model(batch)).item()
-            assert torch.get_float32_matmul_precision() == (
-                "medium" if reduced and outside == "tf32-matmuls" else previous)
-        finally:
-            torch.set_float32_matmul_precision(previous)
-        return value
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return smart(model, task, batch, model(batch)).item()
 
-    exact = term(reduced=False)
+    exact = term(bf16=False)
     assert exact > 0
-    assert term(reduced=True) == pytest.approx(exact, rel=1e-4)
+    assert term(bf16=True) == pytest.approx(exact, rel=1e-4)
     # what the term would be if the passes kept bf16: dominated by rounding, not by δ
     torch.manual_seed(3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -229,6 +217,30 @@ def test_adversarial_term_is_computed_in_full_precision(setup, outside):
         noisy = smart._adversarial(model, task, batch, model.embed(batch), logits.detach().float(),
                                    smart.settings).item()
     assert noisy != pytest.approx(exact, rel=0.3)
+
+
+def test_adversarial_passes_use_ieee_matmuls_and_restore_the_setting(setup, monkeypatch):
+    model, tasks, _, batch = setup
+    seen = []
+    forward = model.forward
+
+    def recording(*args, **kwargs):
+        seen.append((torch.get_float32_matmul_precision(), torch.is_autocast_enabled("cpu")))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # TF32 on CUDA, bf16 matmuls on CPUs with AMX
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(batch)
+            Smart(SmartSettings(proximal_weight=0.0))(model, tasks["quora"], batch, logits)
+            assert torch.get_float32_matmul_precision() == "medium"
+            assert torch.is_autocast_enabled("cpu")
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    # the step's own forward, then the fp32 target, the inner pass and the final pass
+    assert seen == [("medium", True)] + [("highest", False)] * 3
 
 
 def test_inner_pass_leaves_frozen_and_trainable_parameters_as_they_were(setup):
