@@ -110,12 +110,14 @@ def test_cli_reports_a_bad_option_without_a_traceback(capsys):
     assert "train.epochs must be positive" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("combiner", ["pcgrad", "cagrad"])
+@pytest.mark.parametrize("combiner,precision", [("pcgrad", "fp32"), ("cagrad", "fp32"),
+                                                ("pcgrad", "bf16")])
 def test_surgery_with_smart_trains_and_its_teacher_is_checkpointed(task_dir, tiny_checkpoint,
-                                                                   tmp_path, combiner):
+                                                                   tmp_path, combiner, precision):
     values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", epochs=25,
                                 lr=2e-3, head_lr=5e-3, combiner=combiner)
     values["model"].update(head_dropout=0.0)
+    values["train"]["precision"] = precision  # bf16: autocast, SMART's passes stay fp32
     values["smart"] = {"enabled": True, "inner_divergence": "kl", "final_divergence": "sym-kl"}
     metrics = train(build_config(values))
     assert metrics["overall"] > 0.9  # chance is about 0.45
