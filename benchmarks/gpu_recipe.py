@@ -25,14 +25,18 @@ def phase(config_file, checkpoint, device, steps, dev_limit, overrides=()):
     run_dir = tempfile.mkdtemp(prefix="minbert-gpu-bench-")
     config = load_config(config_file, [f'run_dir="{run_dir}"', f'model.checkpoint="{checkpoint}"',
                                        f'train.device="{device}"', f"train.max_steps={steps}",
-                                       f"data.dev_limit={dev_limit}", "train.log_every=10",
+                                       f"data.dev_limit={dev_limit}",
+                                       f"train.log_every={max(1, min(10, steps // 4))}",
                                        "train.checkpoint_every=1000000", *overrides])
     start = time.perf_counter()
     train(config)
     seconds = time.perf_counter() - start
     records = [json.loads(x) for x in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
-    rates = [r["examples_per_s"] for r in records if r["type"] == "step"][1:]  # skip warm-up
-    return config, run_dir, sum(rates) / max(1, len(rates)), seconds
+    rates = [r["examples_per_s"] for r in records if r["type"] == "step"]
+    rates = rates[1:] or rates  # the first window holds the warm-up
+    if not rates:
+        raise SystemExit(f"gpu_recipe: {run_dir}/log.jsonl has no step records")
+    return config, run_dir, sum(rates) / len(rates), seconds
 
 
 def dev_metrics(config, run_dir, device):
