@@ -6,7 +6,7 @@ import torch
 
 from minbert.config import load_config
 from minbert.data import EncodedTask
-from minbert.training import build_model, build_tasks
+from minbert.runs import build_model, build_tasks
 
 
 def model_and_batches(overrides=(), per_task=32, config="configs/cross-encoding.toml"):

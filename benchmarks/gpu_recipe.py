@@ -41,11 +41,10 @@ def phase(config_file, checkpoint, device, steps, dev_limit, overrides=()):
 
 def dev_metrics(config, run_dir, device):
     from minbert.evaluation import evaluate
-    from minbert.training import build_model, build_tasks, encode_split
+    from minbert.runs import build_model, build_tasks, encode_split, load_state
     tasks = build_tasks(config)
     model, tokenizer = build_model(config, tasks)
-    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(load_state(Path(run_dir) / "checkpoint.pt")["model"])
     model.to(device)
     dev = encode_split(config, tasks, tokenizer, "dev")
     return evaluate(model, tasks, dev, config.data.eval_batch_size, device,

@@ -13,7 +13,8 @@ import time
 import torch
 
 from _common import model_and_batches
-from minbert.regularizers.smart import Smart, SmartSettings
+from minbert.config import SmartConfig
+from minbert.regularizers.smart import Smart
 
 
 def main():
@@ -31,7 +32,7 @@ def main():
         "adversarial term only (μ = 0)": (1.0, 0.0),
         "proximal term only (λs = 0)": (0.0, 1.0),
     }
-    smarts = {name: Smart(SmartSettings(adversarial_steps=args.K, adversarial_weight=ls,
+    smarts = {name: Smart(SmartConfig(adversarial_steps=args.K, adversarial_weight=ls,
                                         proximal_weight=mu), total_updates=1000)
               for name, (ls, mu) in variants.items()}
     full = smarts["SMART (adversarial + proximal)"]

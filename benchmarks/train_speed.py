@@ -18,7 +18,8 @@ import torch
 
 from minbert.config import load_config
 from minbert.data import EncodedTask
-from minbert.training import Trainer, build_model, build_tasks
+from minbert.runs import build_model, build_tasks
+from minbert.training import Trainer
 
 
 def plain_hf_loop(tasks, train_sets, checkpoint_folder, batch_size, fixed_length, seed=0):

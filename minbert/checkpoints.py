@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -51,20 +54,49 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     return _download_from_hub(str(name_or_path))
 
 
+def hub_timeout() -> float:
+    """Seconds to wait for the hub to answer (connect or read): $MINBERT_HUB_TIMEOUT, or 10."""
+    return float(os.environ.get("MINBERT_HUB_TIMEOUT", "10"))
+
+
+def _hub_problem(repo_id: str, endpoint: str, timeout: float) -> str | None:
+    """None when the hub answers a question about `repo_id` within `timeout` (any HTTP
+    answer: a 404 or a gated repo is for snapshot_download to explain), else why not.
+    The hub client's own metadata request has no timeout: behind a proxy that never
+    answers it would hang for minutes."""
+    try:
+        urllib.request.urlopen(f"{endpoint}/api/models/{repo_id}", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return str(getattr(e, "reason", e)) or type(e).__name__
+    return None
+
+
 def _download_from_hub(repo_id: str) -> Path:
     hint = (f"give a local HF-format folder (config.json + model.safetensors or "
             f"pytorch_model.bin + vocab.txt) or '{OFFLINE_DEFAULT}' for the offline default")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, snapshot_download
     except ImportError:
         raise CheckpointError(f"'{repo_id}' is not a local folder and huggingface_hub is not "
                               f"installed to fetch it from the hub; {hint}") from None
+    patterns = [*_HUB_FILES, *_WEIGHT_FILES]
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
+    timeout = hub_timeout()
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+    problem = None if offline else _hub_problem(repo_id, endpoint, timeout)
     try:
-        folder = snapshot_download(repo_id, allow_patterns=[*_HUB_FILES, *_WEIGHT_FILES])
+        if offline or problem:  # a copy in the local hub cache still serves
+            return Path(snapshot_download(repo_id, allow_patterns=patterns,
+                                          local_files_only=True))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, endpoint=endpoint,
+                                      etag_timeout=timeout))
     except Exception as e:  # offline, unknown repo, gated repo: one message for people
-        raise CheckpointError(f"'{repo_id}' is not a local folder and could not be fetched "
-                              f"from the Hugging Face hub ({type(e).__name__}); {hint}") from None
-    return Path(folder)
+        why = (f"the hub at {endpoint} did not answer within {timeout:g} s ({problem})"
+               if problem else "HF_HUB_OFFLINE is set and it is not in the local cache"
+               if offline else f"it could not be fetched from the hub ({type(e).__name__})")
+        raise CheckpointError(f"'{repo_id}' is not a local folder and {why}; {hint}") from None
 
 
 def load_state_dict(folder: Path) -> tuple[dict[str, torch.Tensor], str]:

@@ -9,33 +9,17 @@ import sys
 import warnings
 from pathlib import Path
 
-import torch
-
-from minbert.config import ConfigKeyError, build_config, load_config
-
-
-def _load_run(run_dir: Path):
-    """The config, tasks and best model of a finished (or running) run folder."""
-    from minbert.training import build_model, build_tasks
-    config_file, best = run_dir / "config.json", run_dir / "best.pt"
-    for path in (config_file, best):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; is {run_dir} a run folder with at "
-                                    "least one finished epoch?")
-    config = build_config(json.loads(config_file.read_text(encoding="utf-8")), str(config_file))
-    tasks = build_tasks(config)
-    model, tokenizer = build_model(config, tasks)
-    model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["model"])
-    return config, tasks, model.eval(), tokenizer
+from minbert.config import ConfigKeyError, load_config
 
 
 def cmd_train(args):
     from minbert.evaluation import format_table
-    from minbert.training import build_tasks, train
+    from minbert.runs import build_tasks
+    from minbert.training import train
     overrides = list(args.overrides) + ([f'run_dir="{args.run_dir}"'] if args.run_dir else [])
     overrides += ["train.tensorboard=true"] if args.tensorboard else []
     config = load_config(args.config, overrides)
-    result = train(config)
+    result = train(config, overwrite=args.overwrite)
     if "overall" in result and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 says it
         print(f"\nbest dev metrics ({config.run_dir}/best.pt):")
         print(format_table(result, build_tasks(config)))
@@ -46,28 +30,32 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from minbert.evaluation import evaluate, format_table, write_json
-    from minbert.training import encode_split, resolve_device
-    run_dir = Path(args.run_dir)
-    config, tasks, model, tokenizer = _load_run(run_dir)
-    device = resolve_device(args.device or config.train.device)
-    model.to(device)
-    dev = encode_split(config, tasks, tokenizer, "dev")
-    metrics, _ = evaluate(model, tasks, dev, config.data.eval_batch_size, device)
-    print(format_table(metrics, tasks))
-    write_json(run_dir / "dev-metrics.json", metrics)
+    from minbert.evaluation import evaluate, format_table
+    from minbert.runs import (check_run_folder, encode_split, load_run, resolve_device,
+                              writable_folder, write_text_atomic)
+    folder = writable_folder(check_run_folder(args.run_dir).path, "run")
+    device = resolve_device(args.device, "--device") if args.device else None
+    run = load_run(folder)
+    device = device or resolve_device(run.config.train.device)
+    run.model.to(device)
+    dev = encode_split(run.config, run.tasks, run.tokenizer, "dev")
+    metrics, _ = evaluate(run.model, run.tasks, dev, run.config.data.eval_batch_size, device)
+    print(format_table(metrics, run.tasks))
+    write_text_atomic(folder / "dev-metrics.json", json.dumps(metrics, indent=2) + "\n")
     return 0
 
 
 def cmd_predict(args):
     from minbert.evaluation import predict, write_predictions
-    from minbert.training import encode_split, resolve_device
-    run_dir = Path(args.run_dir)
-    out = Path(args.out) if args.out else run_dir / "predictions"
-    out.mkdir(parents=True, exist_ok=True)
-    config, tasks, model, tokenizer = _load_run(run_dir)
-    device = resolve_device(args.device or config.train.device)
-    model.to(device)
+    from minbert.runs import (check_run_folder, encode_split, load_run, resolve_device,
+                              writable_folder)
+    folder = check_run_folder(args.run_dir)
+    out = writable_folder(args.out or folder.predictions, "output")
+    device = resolve_device(args.device, "--device") if args.device else None
+    run = load_run(folder.path)
+    config, tasks = run.config, run.tasks
+    device = device or resolve_device(config.train.device)
+    run.model.to(device)
     config.data.dev_limit = 0  # leaderboard files cover the whole split
     for split in args.splits:
         for name, task in tasks.items():
@@ -75,9 +63,9 @@ def cmd_predict(args):
             if not file or not (Path(config.data.dir) / file).is_file():
                 print(f"skip {name} {split}: no file {Path(config.data.dir) / (file or '?')}")
                 continue
-            data = encode_split(config, {name: task}, tokenizer, split,
+            data = encode_split(config, {name: task}, run.tokenizer, split,
                                 labelled=split == "dev")[name]
-            predictions = predict(model, task, data, config.data.eval_batch_size, device)
+            predictions = predict(run.model, task, data, config.data.eval_batch_size, device)
             path = out / f"{task.output_prefix}-{split}-output.csv"
             write_predictions(path, task, data.examples.ids, predictions)
             print(f"wrote {path} ({len(predictions)} rows)")
@@ -92,9 +80,12 @@ def cmd_report(args):
 
 
 def cmd_export(args):
-    from minbert.export import export_run
-    config, _, model, _ = _load_run(Path(args.run_dir))
-    out = export_run(model, config, args.out)
+    from minbert.export import check_export_target, export_run
+    from minbert.runs import check_run_folder, load_run
+    folder = check_run_folder(args.run_dir)
+    check_export_target(folder.path, args.out)
+    run = load_run(folder.path)
+    out = export_run(run.model, run.config, args.out)
     print(f"wrote {out} (HF BertModel folder) with heads.safetensors and heads.json")
     return 0
 
@@ -121,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "checkpoint")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log to TensorBoard (RUN_DIR/tensorboard)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run the folder already holds instead of refusing")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-5")
     p.set_defaults(func=cmd_train)
     for name, func, text in (("evaluate", cmd_evaluate, "dev metrics of a run's best model"),
@@ -161,12 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     from minbert.checkpoints import CheckpointError
     from minbert.data import DataError
+    from minbert.runs import RunError
     from minbert.training import TrainingError
     try:
         return args.func(args)
-    except (ConfigKeyError, DataError, CheckpointError, TrainingError, FileNotFoundError,
-            ValueError) as e:
+    except (ConfigKeyError, DataError, CheckpointError, RunError, TrainingError,
+            FileNotFoundError, ValueError) as e:
         print(f"minbert {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the disk, not the code: a full disk, a permission, a lost mount
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"minbert {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
 
 

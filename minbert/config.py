@@ -1,17 +1,19 @@
 """Run configuration: one dataclass per concern, filled from TOML, overridden by
-`section.key=value` flags, validated once at start-up with errors that name the key.
+`section.key=value` flags, validated once when loaded, before any weights or data are
+read, with errors that name the key and what it accepts.
 
 A config file may start with `inherit = "other.toml"` (relative to itself) and then
-change only what differs.
+change only what differs. Values that name a method (combiner, sampler, task kind) are
+checked against the registries themselves, so a new method needs no change here.
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-
-from minbert.regularizers.smart import SmartSettings
 
 REPO_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -52,9 +54,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup: float = 0.1               # fraction of all updates
     clip_norm: float = 1.0            # 0: no clipping
-    sampler: str = "round-robin"      # sequential | round-robin | proportional | temperature
+    sampler: str = "round-robin"      # a name in minbert.samplers.SAMPLERS
     temperature: float = 2.0
-    combiner: str = "sum"             # sum | pcgrad | cagrad
+    combiner: str = "sum"             # a name in minbert.combiners.COMBINERS
     combiner_options: dict = field(default_factory=dict)  # e.g. {c = 0.4} for cagrad
     grad_accumulation: int = 1
     seed: int = 0
@@ -69,14 +71,41 @@ class TrainConfig:
 
 
 @dataclass
-class SmartConfig(SmartSettings):
-    """SMART (Jiang et al. 2020); the per-step settings are SmartSettings' (smart.py)."""
+class SmartConfig:
+    """SMART (Jiang et al. 2020). The per-step settings (λs to adversarial_dropout) may be
+    changed per task in `overrides`; the teacher and task list are the run's."""
     enabled: bool = False
+    adversarial_weight: float = 1.0  # λs
+    proximal_weight: float = 1.0     # μ
+    noise_std: float = 1e-5          # σ
+    step_size: float = 1e-3          # η
+    epsilon: float = 1e-5            # ε
+    adversarial_steps: int = 1       # K
+    norm: str = "inf"                # inf | l2
+    inner_divergence: str = "auto"   # auto: the task's own (sym-kl classes, squared scores)
+    final_divergence: str = "auto"
+    proximal_divergence: str = "auto"
+    adversarial_dropout: bool = True
     teacher_momentum: float = 0.999   # β after the warm phase
     teacher_momentum_warm: float = 0.99
     teacher_warm_fraction: float = 0.1
     tasks: list = field(default_factory=list)  # [] = every task
     overrides: dict = field(default_factory=dict)  # per task: {sts = {adversarial_weight = 5}}
+
+    def divergence(self, which: str, task) -> str:
+        """The divergence kind of one SMART term ('inner', 'final', 'proximal') for `task`."""
+        kind = getattr(self, f"{which}_divergence")
+        return task.smart_divergence if kind == "auto" else kind
+
+    def for_task(self, task: str) -> "SmartConfig":
+        """These settings with `task`'s overrides applied."""
+        return replace(self, **self.overrides.get(task, {}))
+
+
+# the SMART settings a task may override (the rest are the run's)
+SMART_PER_TASK = ("adversarial_weight", "proximal_weight", "noise_std", "step_size", "epsilon",
+                  "adversarial_steps", "norm", "inner_divergence", "final_divergence",
+                  "proximal_divergence", "adversarial_dropout")
 
 
 @dataclass
@@ -94,21 +123,48 @@ class RunConfig:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
              "smart": SmartConfig}
+DIVERGENCES = ("auto", "kl", "sym-kl", "squared")
 _CHOICES = {
-    ("model", "pair_encoding"): ("cross", "bi"),
-    ("model", "pooling"): ("mean", "cls", "pooler"),
-    ("model", "similarity_head"): ("cosine", "concat"),
-    ("train", "mode"): ("full-model", "last-linear-layer"),
-    ("train", "sampler"): ("sequential", "round-robin", "proportional", "temperature"),
-    ("train", "precision"): ("fp32", "bf16"),
-    ("smart", "norm"): ("inf", "l2"),
-    ("smart", "inner_divergence"): ("auto", "kl", "sym-kl", "squared"),
-    ("smart", "final_divergence"): ("auto", "kl", "sym-kl", "squared"),
-    ("smart", "proximal_divergence"): ("auto", "kl", "sym-kl", "squared"),
+    "model.pair_encoding": ("cross", "bi"),
+    "model.pooling": ("mean", "cls", "pooler"),
+    "model.similarity_head": ("cosine", "concat"),
+    "train.mode": ("full-model", "last-linear-layer"),
+    "train.precision": ("fp32", "bf16"),
+    "smart.norm": ("inf", "l2"),
+    "smart.inner_divergence": DIVERGENCES,
+    "smart.final_divergence": DIVERGENCES,
+    "smart.proximal_divergence": DIVERGENCES,
 }
-_POSITIVE = {("data", "batch_size"), ("data", "eval_batch_size"), ("train", "epochs"),
-             ("train", "grad_accumulation"), ("model", "max_length"),
-             ("train", "checkpoint_every"), ("train", "log_every")}
+# numeric ranges: (lowest, highest, lowest allowed?, highest allowed?); None: unbounded
+_RANGES = {
+    "model.head_dropout": (0, 1, True, False),
+    "model.max_length": (1, None, True, None),
+    "data.batch_size": (1, None, True, None),
+    "data.eval_batch_size": (1, None, True, None),
+    "data.dev_limit": (0, None, True, None),
+    "train.epochs": (1, None, True, None),
+    "train.lr": (0, None, False, None),
+    "train.head_lr": (0, None, True, None),
+    "train.weight_decay": (0, None, True, None),
+    "train.warmup": (0, 1, True, False),
+    "train.clip_norm": (0, None, True, None),
+    "train.temperature": (0, None, False, None),
+    "train.grad_accumulation": (1, None, True, None),
+    "train.seed": (0, None, True, None),
+    "train.checkpoint_every": (1, None, True, None),
+    "train.log_every": (1, None, True, None),
+    "train.max_steps": (0, None, True, None),
+    "smart.adversarial_weight": (0, None, True, None),
+    "smart.proximal_weight": (0, None, True, None),
+    "smart.noise_std": (0, None, True, None),
+    "smart.step_size": (0, None, False, None),
+    "smart.epsilon": (0, None, False, None),
+    "smart.adversarial_steps": (0, None, True, None),
+    "smart.teacher_momentum": (0, 1, True, True),
+    "smart.teacher_momentum_warm": (0, 1, True, True),
+    "smart.teacher_warm_fraction": (0, 1, True, True),
+}
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
 def _read_toml(path: Path, seen: tuple = ()) -> dict:
@@ -120,9 +176,14 @@ def _read_toml(path: Path, seen: tuple = ()) -> dict:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigKeyError(f"{path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigKeyError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     parent = values.pop("inherit", None)
     if parent is None:
         return values
+    if not isinstance(parent, str) or not parent:
+        raise ConfigKeyError(f"{path}: inherit = {parent!r}; give the file name of another "
+                             "config, e.g. inherit = \"cross-encoding.toml\"")
     base = _read_toml(path.parent / parent, (*seen, path.resolve()))
     return _merge(base, values)
 
@@ -159,29 +220,54 @@ def _check_type(where: str, value, default):
         ok = isinstance(value, type(default))
     if not ok:
         raise ConfigKeyError(f"{where}: expected {type(default).__name__}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigKeyError(f"{where}: {value!r} is not a finite number")
     return value
+
+
+def _check_range(where: str, value, bounds) -> None:
+    low, high, low_ok, high_ok = bounds
+    fits = ((low is None or value > low or (low_ok and value == low))
+            and (high is None or value < high or (high_ok and value == high)))
+    if fits:
+        return
+    if high is not None:
+        text = f"in {'[' if low_ok else '('}{low}, {high}{']' if high_ok else ')'}"
+    elif (low, low_ok) in ((0, False), (1, True)):
+        text = "positive"
+    else:
+        text = f"{'≥' if low_ok else '>'} {low}"
+    raise ConfigKeyError(f"{where} must be {text}, got {value!r}")
+
+
+def _fill(section, values: dict, name: str, source: str, allowed=None) -> None:
+    """Sets `values` on the dataclass `section`, each checked for name, type and range."""
+    known = allowed or [f.name for f in fields(section)]
+    if not isinstance(values, dict):
+        raise ConfigKeyError(f"{source}: [{name}] must be a table")
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigKeyError(f"{source}: unknown key {name}.{key}; [{name}] takes "
+                                 f"{', '.join(sorted(known))}")
+        setattr(section, key, _check_type(f"{source}: {name}.{key}", value,
+                                          getattr(section, key)))
 
 
 def build_config(values: dict, source: str = "config") -> RunConfig:
     config = RunConfig()
     for key, value in values.items():
         if key == "run_dir":
-            config.run_dir = str(value)
+            if not isinstance(value, str) or not value:
+                raise ConfigKeyError(f"{source}: run_dir must be a folder path, got {value!r}")
+            config.run_dir = value
         elif key == "tasks":
-            if not isinstance(value, dict):
-                raise ConfigKeyError(f"{source}: [tasks] must be a table of task tables")
+            if not isinstance(value, dict) or not all(isinstance(v, dict)
+                                                      for v in value.values()):
+                raise ConfigKeyError(f"{source}: [tasks] must be a table of task tables, "
+                                     "e.g. [tasks.sst]")
             config.tasks = value
         elif key in _SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigKeyError(f"{source}: [{key}] must be a table")
-            section = getattr(config, key)
-            known = {f.name for f in fields(section)}
-            for name, item in value.items():
-                if name not in known:
-                    raise ConfigKeyError(f"{source}: unknown key {key}.{name}; [{key}] takes "
-                                         f"{', '.join(sorted(known))}")
-                item = _check_type(f"{source}: {key}.{name}", item, getattr(section, name))
-                setattr(section, name, item)
+            _fill(getattr(config, key), value, key, source)
         else:
             raise ConfigKeyError(f"{source}: unknown key {key!r}; the top level takes run_dir, "
                                  f"tasks, {', '.join(_SECTIONS)}")
@@ -189,22 +275,73 @@ def build_config(values: dict, source: str = "config") -> RunConfig:
     return config
 
 
+def _check_values(section, kind: str, source: str, where: str | None = None) -> None:
+    """Choices and ranges of one section's values; `kind` is the section they follow
+    ('smart' for a task's SMART overrides), `where` how the message names them."""
+    for key in (f.name for f in fields(section)):
+        value, rule, name = getattr(section, key), f"{kind}.{key}", f"{where or kind}.{key}"
+        if rule in _CHOICES and value not in _CHOICES[rule]:
+            raise ConfigKeyError(f"{source}: {name} = {value!r}; use one of "
+                                 f"{', '.join(_CHOICES[rule])}")
+        if rule in _RANGES:
+            _check_range(f"{source}: {name}", value, _RANGES[rule])
+
+
 def validate(config: RunConfig, source: str = "config") -> None:
-    for (section, name), allowed in _CHOICES.items():
-        value = getattr(getattr(config, section), name)
-        if value not in allowed:
-            raise ConfigKeyError(f"{source}: {section}.{name} = {value!r}; use one of "
-                                 f"{', '.join(allowed)}")
-    for section, name in _POSITIVE:
-        if getattr(getattr(config, section), name) <= 0:
-            raise ConfigKeyError(f"{source}: {section}.{name} must be positive")
-    if not config.data.tasks:
-        raise ConfigKeyError(f"{source}: data.tasks lists no task")
-    if not 0 <= config.train.warmup < 1:
-        raise ConfigKeyError(f"{source}: train.warmup is a fraction in [0, 1)")
-    unknown = [t for t in config.smart.tasks if t not in config.data.tasks]
+    """Every value, checked before anything heavy runs; errors name the key."""
+    for name in _SECTIONS:
+        _check_values(getattr(config, name), name, source)
+    if not _DEVICE.fullmatch(config.train.device):
+        raise ConfigKeyError(f"{source}: train.device = {config.train.device!r}; use auto, "
+                             "cpu, cuda or cuda:N")
+    names = config.data.tasks
+    if not names or not all(isinstance(t, str) and t for t in names):
+        raise ConfigKeyError(f"{source}: data.tasks must list task names, got {names!r}")
+    if len(set(names)) != len(names):
+        raise ConfigKeyError(f"{source}: data.tasks lists a task twice: {names}")
+    _check_tasks(config, source)
+    _check_methods(config, source)
+    _check_smart(config, source)
+
+
+def _check_tasks(config: RunConfig, source: str) -> None:
+    from minbert.tasks import build_task  # the task registry answers for its kinds
+    extra = sorted(set(config.tasks) - set(config.data.tasks))
+    if extra:
+        raise ConfigKeyError(f"{source}: [tasks.{extra[0]}] configures a task that is not in "
+                             f"data.tasks {config.data.tasks}; add it there or remove the "
+                             "table")
+    for name in config.data.tasks:
+        try:
+            build_task(name, dict(config.tasks.get(name, {})))
+        except ValueError as e:
+            raise ConfigKeyError(f"{source}: {e}") from None
+
+
+def _check_methods(config: RunConfig, source: str) -> None:
+    from minbert.combiners import make_combiner
+    from minbert.samplers import make_sampler
+    cfg = config.train
+    try:
+        make_sampler(cfg.sampler, cfg.temperature)
+        make_combiner(cfg.combiner, seed=cfg.seed, **cfg.combiner_options)
+    except ValueError as e:
+        raise ConfigKeyError(f"{source}: {e}") from None
+
+
+def _check_smart(config: RunConfig, source: str) -> None:
+    smart = config.smart
+    unknown = [t for t in smart.tasks if t not in config.data.tasks]
     if unknown:
-        raise ConfigKeyError(f"{source}: smart.tasks names {unknown}, not in data.tasks")
+        raise ConfigKeyError(f"{source}: smart.tasks names {unknown}, not in data.tasks "
+                             f"{config.data.tasks}")
+    for task, changes in smart.overrides.items():
+        if task not in config.data.tasks:
+            raise ConfigKeyError(f"{source}: smart.overrides.{task}: no task {task!r} in "
+                                 f"data.tasks {config.data.tasks}")
+        per_task = replace(smart)
+        _fill(per_task, changes, f"smart.overrides.{task}", source, SMART_PER_TASK)
+        _check_values(per_task, "smart", source, f"smart.overrides.{task}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from minbert.data import DataError
+from minbert.data import DataError, read_lines, read_rows
 
 SNLI_VOTES = {"contradiction": 0.0, "neutral": 3.0, "entailment": 5.0}
 SIMILARITY_COLUMNS = ("sentence1", "sentence2", "similarity")
@@ -59,7 +60,7 @@ def write_task_file(path: str | Path, columns: Sequence[str],
     """Writes (id, *columns) rows in the CS224N layout; returns the number of rows."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     count = 0
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fp:
@@ -76,61 +77,67 @@ def write_task_file(path: str | Path, columns: Sequence[str],
 
 def snli_rows(path: str | Path, report: ConversionReport):
     """(id, sentence1, sentence2, similarity) from an SNLI jsonl file."""
-    with open(path, encoding="utf-8") as fp:
-        for line_number, line in enumerate(fp, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not a JSON object ({e.msg})") from None
-            missing = [k for k in ("sentence1", "sentence2", "gold_label", "annotator_labels")
-                       if k not in record]
-            if missing:
-                raise DataError(f"{where}: missing field(s) {missing}")
-            if record["gold_label"] == "-":
-                report.skip("pairs without a gold label")
-                continue
-            votes = record["annotator_labels"]
-            unknown = [v for v in votes if v not in SNLI_VOTES]
-            if not votes or unknown:
-                raise DataError(f"{where}: annotator_labels {votes!r} must be non-empty and "
-                                f"each one of {sorted(SNLI_VOTES)}")
-            first, second = clean_text(record["sentence1"]), clean_text(record["sentence2"])
-            if not first or not second:
-                report.skip("pairs with an empty sentence")
-                continue
-            score = sum(SNLI_VOTES[v] for v in votes) / len(votes)
-            key = record.get("pairID") or str(line_number)
-            report.written += 1
-            yield make_id("snli", key), first, second, f"{score:.3f}"
+    for line_number, line in enumerate(read_lines(Path(path)), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not a JSON object ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: not a JSON object (got {type(record).__name__})")
+        fields = {"sentence1": str, "sentence2": str, "gold_label": str,
+                  "annotator_labels": list}
+        missing = [k for k in fields if k not in record]
+        if missing:
+            raise DataError(f"{where}: missing field(s) {missing}")
+        wrong = [f"{k} ({record[k]!r})" for k, kind in fields.items()
+                 if not isinstance(record[k], kind)]
+        if wrong:
+            raise DataError(f"{where}: {', '.join(wrong)}: sentences and gold_label must "
+                            "be strings, annotator_labels a list")
+        if record["gold_label"] == "-":
+            report.skip("pairs without a gold label")
+            continue
+        votes = record["annotator_labels"]
+        unknown = [v for v in votes if not isinstance(v, str) or v not in SNLI_VOTES]
+        if not votes or unknown:
+            raise DataError(f"{where}: annotator_labels {votes!r} must be non-empty and "
+                            f"each one of {sorted(SNLI_VOTES)}")
+        first, second = clean_text(record["sentence1"]), clean_text(record["sentence2"])
+        if not first or not second:
+            report.skip("pairs with an empty sentence")
+            continue
+        score = sum(SNLI_VOTES[v] for v in votes) / len(votes)
+        key = record.get("pairID") or str(line_number)
+        report.written += 1
+        yield make_id("snli", key), first, second, f"{score:.3f}"
 
 
 def yelp_rows(path: str | Path, report: ConversionReport):
     """(id, sentence, sentiment) from a Yelp 5-class CSV file."""
-    with open(path, encoding="utf-8", newline="") as fp:
-        reader = csv.reader(fp)
-        star_col, text_col = 0, 1
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            if reader.line_num == 1 and row and not row[0].strip().isdigit():
-                header = [c.strip().lower() for c in row]  # a header: find the columns
-                star_col = _column(header, ("stars", "class_index", "label", "rating"), where)
-                text_col = _column(header, ("text", "review_text", "review"), where)
-                continue
-            if len(row) <= max(star_col, text_col):
-                raise DataError(f"{where}: expected a stars column and a text column, got "
-                                f"{len(row)} field(s)")
-            stars = row[star_col].strip()
-            if stars not in {"1", "2", "3", "4", "5"}:
-                raise DataError(f"{where}: stars {stars!r} is not one of 1-5")
-            text = clean_text(row[text_col])
-            if not text:
-                report.skip("reviews with empty text")
-                continue
-            report.written += 1
-            yield make_id("yelp", str(reader.line_num)), text, str(int(stars) - 1)
+    star_col, text_col, width = 0, 1, 2
+    for line, row in read_rows(path, delimiter=","):
+        where = f"{path}, line {line}"
+        if line == 1 and not row[0].strip().isdigit():
+            header = [c.strip().lower() for c in row]  # a header: find the columns
+            star_col = _column(header, ("stars", "class_index", "label", "rating"), where)
+            text_col = _column(header, ("text", "review_text", "review"), where)
+            width = len(header)
+            continue
+        if len(row) != width:
+            raise DataError(f"{where}: expected {width} fields (stars and text), got "
+                            f"{len(row)} field(s)")
+        stars = row[star_col].strip()
+        if stars not in {"1", "2", "3", "4", "5"}:
+            raise DataError(f"{where}: stars {stars!r} is not one of 1-5")
+        text = clean_text(row[text_col])
+        if not text:
+            report.skip("reviews with empty text")
+            continue
+        report.written += 1
+        yield make_id("yelp", str(line)), text, str(int(stars) - 1)
 
 
 def _column(header: list[str], names: Sequence[str], where: str) -> int:
@@ -148,6 +155,11 @@ def convert(kind: str, source: str | Path, out: str | Path) -> ConversionReport:
         raise ValueError(f"unknown dataset {kind!r}; use one of {sorted(CONVERTERS)}")
     if not Path(source).is_file():
         raise DataError(f"{source}: no such file")
+    if Path(out).is_dir():
+        raise DataError(f"{out}: is a folder; give the path of the file to write, e.g. "
+                        f"{Path(out) / (kind + '-train.csv')}")
+    if Path(out).exists() and Path(out).samefile(source):
+        raise DataError(f"{out}: is the source file; write the converted file elsewhere")
     rows, columns = CONVERTERS[kind]
     report = ConversionReport()
     write_task_file(out, columns, rows(source, report))

@@ -49,48 +49,92 @@ class Examples:
             labels=None if any(x is None for x in labels) else np.concatenate(labels))
 
 
+def read_lines(path: Path):
+    """The file's lines, decoded one at a time (UTF-8 never puts a newline byte inside a
+    character), so an undecodable byte is named by its line."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with open(path, "rb") as fp:
+        for number, raw in enumerate(fp, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}, line {number}: not UTF-8 text (byte "
+                                f"0x{raw[e.start]:02x} at column {e.start + 1}); save the file "
+                                "as UTF-8") from None
+
+
+def read_rows(path: str | Path, delimiter: str = "\t"):
+    """(line number, fields) of each record of a delimited file, read strictly.
+
+    Fields may be quoted as CSV does (the CS224N files are written by pandas: a field
+    that holds a quote is wrapped in quotes, inner quotes doubled). Every record must be
+    one line: a quote left open would otherwise swallow the rows after it, so it is an
+    error naming the line where it opened, as is malformed quoting."""
+    reader = csv.reader(read_lines(Path(path)), delimiter=delimiter, strict=True)
+    line = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            what = ("a quote opened on this line is never closed" if "end of data" in str(e)
+                    else f"malformed quoting ({e})")
+            raise DataError(f"{path}, line {line + 1}: {what}; a field that starts with a "
+                            "quote must end with one on the same line, inner quotes doubled"
+                            ) from None
+        if reader.line_num - line > 1:
+            raise DataError(f"{path}, line {line + 1}: a quote opened on this line is closed "
+                            f"only on line {reader.line_num}, which would merge "
+                            f"{reader.line_num - line} rows into one; a field that starts "
+                            "with a quote must end with one on the same line")
+        line = reader.line_num
+        if row:
+            yield line, row
+
+
 def read_examples(path: str | Path, text_columns: Sequence[str], label_column: str | None,
                   parse_label: Callable[[str], float] | None = None) -> Examples:
     """Reads a task file. With `label_column`, every row needs a label that parses.
 
-    Rows whose label is empty or that lack fields (quora-dev.csv has two) are skipped with
-    one warning that counts them and names their ids; any other bad label is an error.
+    Rows with an empty label (quora-dev.csv has two) are skipped with one warning that
+    names their lines; a row with more or fewer fields than the header, or a label that
+    does not parse, is an error naming the file and line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    rows = read_rows(path)
+    first = next(rows, None)
+    if first is None:
+        raise DataError(f"{path}: the file is empty (no header line)")
+    header = first[1]
+    needed = ["id", *text_columns] + ([label_column] if label_column else [])
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the header has "
+                        f"{[c for c in header if c]}")
+    at = {name: header.index(name) for name in needed}
     ids, texts, labels, skipped = [], [[] for _ in text_columns], [], []
-    with open(path, encoding="utf-8", newline="") as fp:
-        reader = csv.DictReader(fp, delimiter="\t")
-        header = reader.fieldnames
-        if not header:
-            raise DataError(f"{path}: the file is empty (no header line)")
-        needed = ["id", *text_columns] + ([label_column] if label_column else [])
-        missing = [c for c in needed if c not in header]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}; the header has "
-                            f"{[c for c in header if c]}")
-        for row in reader:
-            if any(row.get(c) is None for c in needed):  # short row
-                skipped.append(row.get("id") or f"line {reader.line_num}")
+    for line, row in rows:
+        if len(row) != len(header):
+            raise DataError(f"{path}, line {line}: {len(row)} fields where the header has "
+                            f"{len(header)} (a stray tab or a missing field)")
+        if label_column:
+            raw = row[at[label_column]].strip()
+            if raw == "":
+                skipped.append(f"line {line} (id {row[at['id']]})")
                 continue
-            if label_column:
-                raw = row[label_column].strip()
-                if raw == "":
-                    skipped.append(row["id"])
-                    continue
-                try:
-                    label = parse_label(raw) if parse_label else float(raw)
-                except ValueError as e:
-                    raise DataError(f"{path}, line {reader.line_num}, column {label_column!r}: "
-                                    f"{e}") from None
-                labels.append(label)
-            ids.append(row["id"])
-            for column, name in zip(texts, text_columns):
-                column.append(row[name])
+            try:
+                label = parse_label(raw) if parse_label else float(raw)
+            except ValueError as e:
+                raise DataError(f"{path}, line {line}, column {label_column!r}: {e}") from None
+            labels.append(label)
+        ids.append(row[at["id"]])
+        for column, name in zip(texts, text_columns):
+            column.append(row[at[name]])
     if skipped:
-        warnings.warn(f"{path}: skipped {len(skipped)} malformed row(s) (empty label or missing "
-                      f"fields), ids: {', '.join(skipped[:20])}", stacklevel=2)
+        warnings.warn(f"{path}: skipped {len(skipped)} row(s) with an empty label: "
+                      f"{', '.join(skipped[:20])}", stacklevel=2)
     if not ids:
         raise DataError(f"{path}: no usable rows")
     return Examples(ids, texts, np.asarray(labels, dtype=np.float64) if label_column else None)

@@ -1,7 +1,6 @@
 """Scoring as the CS224N leaderboard does, and its prediction files."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,7 @@ from minbert.tasks import Task
 def overall_score(metrics: dict[str, float], tasks: dict[str, Task]) -> float:
     """Mean of the task metrics with a correlation r counted as (r + 1) / 2; for the three
     built-ins that is (sst_acc + quora_acc + (sts_corr + 1) / 2) / 3."""
-    parts = [(metrics[name] + 1) / 2 if task.metric_name == "pearson" else metrics[name]
-             for name, task in tasks.items() if name in metrics]
+    parts = [task.overall_share(metrics[name]) for name, task in tasks.items() if name in metrics]
     return float(np.mean(parts))
 
 
@@ -53,10 +51,9 @@ def evaluate(model, tasks: dict[str, Task], datasets: dict[str, EncodedTask], ba
 
 def write_predictions(path: str | Path, task: Task, ids: list[str], predictions) -> None:
     """The skeleton's format: a header `id \\t Predicted_...`, then `id , prediction` rows."""
-    values = predictions.astype(int) if task.metric_name == "accuracy" else predictions
     with open(path, "w", encoding="utf-8") as fp:
         fp.write(f"id \t {task.prediction_header} \n")
-        for example_id, value in zip(ids, values):
+        for example_id, value in zip(ids, predictions):
             fp.write(f"{example_id} , {task.format_prediction(value)} \n")
 
 
@@ -67,6 +64,3 @@ def format_table(metrics: dict[str, float], tasks: dict[str, Task], title: str =
     rows.append(f"{'overall':<10}{'':<10}{metrics['overall']:>8.3f}")
     return "\n".join(rows)
 
-
-def write_json(path: str | Path, values: dict) -> None:
-    Path(path).write_text(json.dumps(values, indent=2) + "\n", encoding="utf-8")

@@ -19,6 +19,14 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json")
 
 
+def check_export_target(run_dir: str | Path, out: str | Path) -> None:
+    """An export never writes into the run it comes from (it would replace config.json)."""
+    run, target = Path(run_dir).resolve(), Path(out).resolve()
+    if target == run or run in target.parents:
+        raise ValueError(f"export: OUT {out} is the run folder {run_dir} or inside it; give "
+                         "a folder outside the run")
+
+
 def export_run(model, config, out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minbert.checkpoints import load_state_dict, resolve_checkpoint
+from minbert.checkpoints import CheckpointError, load_state_dict, resolve_checkpoint
 
 
 class ConfigError(ValueError):
@@ -250,6 +250,10 @@ class BertModel(nn.Module):
         model = cls(config)
         state, source = load_state_dict(folder)
         report = model.load_hf_state_dict(state, source)
+        if len(report["missing"]) == len(model.state_dict()):
+            raise CheckpointError(f"{source}: none of its {len(state)} tensors is a BERT "
+                                  f"weight this model knows (e.g. {sorted(state)[:3]}); it "
+                                  "would train a randomly initialised BERT")
         if strict and (report["missing"] or report["unexpected"]):
             raise KeyError(f"{source}: missing keys {report['missing']}, "
                            f"unexpected keys {report['unexpected']}")

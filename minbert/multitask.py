@@ -11,7 +11,7 @@ from torch import nn
 
 from minbert.data import Batch
 from minbert.model import BertModel
-from minbert.tasks import RegressionTask, Task
+from minbert.tasks import Task
 
 POOLINGS = ("mean", "cls", "pooler")
 PAIR_ENCODINGS = ("cross", "bi")
@@ -75,7 +75,7 @@ class MultiTaskModel(nn.Module):
         for name, task in tasks.items():
             if not task.is_pair or self.cross_encoded[name]:
                 heads[name] = LinearHead(hidden, task.num_outputs, head_dropout)
-            elif isinstance(task, RegressionTask) and similarity_head == "cosine":
+            elif task.cosine_pair_head and similarity_head == "cosine":
                 heads[name] = CosinePairHead()
             else:
                 heads[name] = ConcatPairHead(hidden, task.num_outputs, head_dropout)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from minbert.config import build_config
 from minbert.evaluation import overall_score
 from minbert.tasks import Task
 
@@ -64,14 +63,14 @@ def read_prediction_file(path: Path) -> dict[str, float]:
 
 
 def load_run(folder: str | Path) -> RunData:
-    from minbert.training import build_tasks
-    folder = Path(folder)
+    from minbert.runs import RunFolder, build_tasks
+    run_folder = RunFolder(folder)
+    folder = run_folder.path
     for needed in ("config.json", "log.jsonl"):
         if not (folder / needed).is_file():
             raise ReportError(f"{folder}: missing {needed}; is this a run folder written by "
                               "`minbert train`?")
-    config = build_config(json.loads((folder / "config.json").read_text(encoding="utf-8")),
-                          str(folder / "config.json"))
+    config = run_folder.read_config()
     tasks = build_tasks(config)
     records = [json.loads(line) for line in
                (folder / "log.jsonl").read_text(encoding="utf-8").splitlines() if line]

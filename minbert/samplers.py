@@ -69,7 +69,7 @@ SAMPLERS = {cls.name: cls for cls in (SequentialSampler, RoundRobinSampler,
 
 def make_sampler(name: str, temperature: float = 2.0) -> Sampler:
     if name not in SAMPLERS:
-        raise ValueError(f"train.sampler: {name!r} is not one of {sorted(SAMPLERS)}")
+        raise ValueError(f"train.sampler = {name!r}; use one of {', '.join(sorted(SAMPLERS))}")
     return TemperatureSampler(temperature) if name == "temperature" else SAMPLERS[name]()
 
 

@@ -34,12 +34,22 @@ class Tokenizer:
         """Reads tokenizer.json if the checkpoint has one, otherwise vocab.txt + its config."""
         folder = resolve_checkpoint(name_or_path)
         if (folder / "tokenizer.json").is_file():
-            return cls(_Backend.from_file(str(folder / "tokenizer.json")), max_length)
+            try:
+                backend = _Backend.from_file(str(folder / "tokenizer.json"))
+            except Exception as e:  # the Rust library's parse errors have no common type
+                raise CheckpointError(f"{folder / 'tokenizer.json'}: not a tokenizers file "
+                                      f"({str(e).splitlines()[0][:200]})") from None
+            return cls(backend, max_length)
         if not (folder / "vocab.txt").is_file():
             raise CheckpointError(f"{folder}: neither tokenizer.json nor vocab.txt")
         settings = {}
         if (folder / "tokenizer_config.json").is_file():
-            settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+            try:
+                settings = json.loads((folder / "tokenizer_config.json").read_text(
+                    encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{folder / 'tokenizer_config.json'}: not JSON ({e})"
+                                      ) from None
         return cls.from_vocab(folder / "vocab.txt", lowercase=settings.get("do_lower_case", True),
                               strip_accents=settings.get("strip_accents"), max_length=max_length)
 
@@ -48,9 +58,12 @@ class Tokenizer:
                    strip_accents: bool | None = None, max_length: int = 512) -> "Tokenizer":
         """BERT's basic + WordPiece tokenizer over a vocab.txt, as BertTokenizerFast builds it."""
         vocab = {}
-        with open(vocab_file, encoding="utf-8") as fp:
-            for index, line in enumerate(fp):
-                vocab.setdefault(line.rstrip("\n"), index)
+        try:
+            with open(vocab_file, encoding="utf-8") as fp:
+                for index, line in enumerate(fp):
+                    vocab.setdefault(line.rstrip("\n"), index)
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{vocab_file}: not UTF-8 text ({e.reason})") from None
         for token in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"):
             if token not in vocab:
                 raise CheckpointError(f"{vocab_file}: the vocabulary has no {token} token")

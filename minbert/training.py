@@ -3,11 +3,12 @@
 Each step draws one batch of one or more tasks (the sampler decides), computes each task's
 loss plus its regularisers' terms, and hands the per-task losses to the combiner, which
 sets the gradients. The loop knows neither which combiner nor which regulariser it runs.
-Everything a run produces lands in its run folder: config.json, log.jsonl, checkpoint.pt
-(resumable), best.pt (best dev overall score).
+Everything a run produces lands in its run folder (minbert/runs.py says what each file
+is); building the run and owning its folder happen there, the loop here.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -23,61 +24,17 @@ from minbert.combiners import make_combiner
 from minbert.config import RunConfig
 from minbert.data import EncodedTask
 from minbert.evaluation import evaluate, format_table, overall_score, write_predictions
-from minbert.model import BertModel
 from minbert.multitask import MultiTaskModel
 from minbert.regularizers import build_regularizers
+from minbert.runs import (RunError, RunFolder, build_model, build_tasks, config_changes,
+                          encode_split, encode_train, load_state, resolve_device, save_state,
+                          write_text_atomic)
 from minbert.samplers import make_sampler, plan_epoch
-from minbert.tasks import Task, build_task
-from minbert.tokenizer import Tokenizer
-
-# config keys that may change between a run and its resumption
-RESUMABLE_CHANGES = {"run_dir", "data.dir", "data.eval_batch_size", "train.device",
-                     "train.checkpoint_every", "train.log_every", "train.max_steps",
-                     "train.tensorboard", "train.compile", "train.compile_backend"}
+from minbert.tasks import Task
 
 
 class TrainingError(RuntimeError):
     pass
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' is CUDA when present, else the CPU; under torchrun, 'cuda' is the rank's GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        name = f"cuda:{os.environ['LOCAL_RANK']}"
-    return torch.device(name)
-
-
-def build_tasks(config: RunConfig) -> dict[str, Task]:
-    return {name: build_task(name, dict(config.tasks.get(name, {})))
-            for name in config.data.tasks}
-
-
-def build_model(config: RunConfig, tasks: dict[str, Task]) -> tuple[MultiTaskModel, Tokenizer]:
-    encoder = BertModel.from_pretrained(config.model.checkpoint)
-    max_length = min(config.model.max_length, encoder.config.max_position_embeddings)
-    tokenizer = Tokenizer.from_pretrained(config.model.checkpoint, max_length)
-    torch.manual_seed(config.train.seed)  # the heads' initialisation
-    model = MultiTaskModel(encoder, tasks, config.model.pair_encoding, config.model.pooling,
-                           config.model.head_dropout, config.model.similarity_head)
-    return model, tokenizer
-
-
-def encode_split(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer,
-                 split: str, labelled: bool = True) -> dict[str, EncodedTask]:
-    """Reads and tokenises one split ('dev' or 'test') of every task that has that file."""
-    out = {}
-    for name, task in tasks.items():
-        file = task.dev_file if split == "dev" else task.test_file
-        if not file:
-            continue
-        examples = task.read(Path(config.data.dir) / file, labelled=labelled)
-        if split == "dev" and config.data.dev_limit:
-            examples = examples.subset(range(min(len(examples), config.data.dev_limit)))
-        out[name] = EncodedTask(name, examples, tokenizer,
-                                task.cross_encoded(config.model.pair_encoding))
-    return out
 
 
 def _own_share(saved, tasks) -> dict:
@@ -86,21 +43,15 @@ def _own_share(saved, tasks) -> dict:
     if isinstance(saved, dict):
         saved = [saved]
     if len(saved) == distributed.world_size():
-        return saved[distributed.rank()]
-    if distributed.rank() > 0:
+        mine = saved[distributed.rank()]
+    elif distributed.rank() > 0:
         return {name: ([], []) for name in tasks}
-    return {name: ([p for s in saved for p in s[name][0]], [y for s in saved for y in s[name][1]])
-            for name in tasks}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and key != "tasks":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    else:
+        mine = {name: ([p for s in saved for p in s[name][0]],
+                       [y for s in saved for y in s[name][1]]) for name in tasks}
+    # tensors; numpy arrays in checkpoints written by earlier versions
+    return {name: ([torch.as_tensor(p) for p in preds], [torch.as_tensor(y) for y in labels])
+            for name, (preds, labels) in mine.items()}
 
 
 class Trainer:
@@ -109,7 +60,8 @@ class Trainer:
                  file_counts: dict | None = None):
         self.config, self.tasks, self.model = config, tasks, model
         self.train_sets, self.dev_sets = train_sets, dev_sets
-        self.run_dir = Path(config.run_dir)
+        self.folder = RunFolder(config.run_dir)
+        self.run_dir = self.folder.path
         self.device = resolve_device(config.train.device)
         self.autocast = torch.bfloat16 if config.train.precision == "bf16" else None
         cfg = config.train
@@ -168,8 +120,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.resume_if_possible()
         if not resumed and self.main:
-            (self.run_dir / "config.json").write_text(
-                json.dumps(self.config.to_dict(), indent=2), encoding="utf-8")
+            write_text_atomic(self.folder.config_file,
+                              json.dumps(self.config.to_dict(), indent=2))
             self.log({"type": "start", "train_examples": {n: len(d) for n, d in
                                                          self.train_sets.items()},
                       "train_files": self.file_counts, "steps_per_epoch": self.steps_per_epoch,
@@ -200,8 +152,8 @@ class Trainer:
             progress.close()
             self.end_epoch()
         distributed.barrier()
-        best = self.run_dir / "best.pt"
-        return torch.load(best, weights_only=False)["metrics"] if best.exists() else {}
+        best = self.folder.best
+        return load_state(best, ("metrics",))["metrics"] if best.exists() else {}
 
     def train_step(self, step, window) -> None:
         """Forward every (task, batch) of one step; the combiner does the backward."""
@@ -229,8 +181,8 @@ class Trainer:
             if not mine:
                 continue
             preds, labels = self.train_outputs[name]
-            preds.append(task.predict(logits.detach()).cpu().numpy())
-            labels.append(batch.labels.cpu().numpy())
+            preds.append(task.predict(logits.detach()).cpu())
+            labels.append(batch.labels.cpu())
             real, slots = batch.token_counts()
             window["tokens"] += real
             window["slots"] += slots
@@ -264,8 +216,8 @@ class Trainer:
             preds = [p for rank_preds, _ in parts for p in rank_preds]
             labels = [y for _, rank_labels in parts for y in rank_labels]
             if preds:
-                train_metrics[name] = self.tasks[name].metric(np.concatenate(preds),
-                                                              np.concatenate(labels))
+                train_metrics[name] = self.tasks[name].metric(torch.cat(preds).numpy(),
+                                                              torch.cat(labels).numpy())
         train_metrics["overall"] = overall_score(train_metrics, self.tasks)
         self.log({"type": "epoch", "epoch": self.epoch + 1, "updates": self.updates,
                   "train": train_metrics, "dev": metrics,
@@ -277,9 +229,9 @@ class Trainer:
             self.best = metrics["overall"]
             self._atomic_save({"model": self.model.state_dict(), "metrics": metrics,
                                "epoch": self.epoch + 1, "config": self.config.to_dict()},
-                              self.run_dir / "best.pt")
+                              self.folder.best)
             if self.main:  # the best model's dev predictions
-                out = self.run_dir / "predictions"
+                out = self.folder.predictions
                 out.mkdir(exist_ok=True)
                 for name, values in predictions.items():
                     task = self.tasks[name]
@@ -295,7 +247,7 @@ class Trainer:
         if not self.main:
             return
         record = {"time": round(time.time(), 1), **record}
-        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as fp:
+        with open(self.folder.log_file, "a", encoding="utf-8") as fp:
             fp.write(json.dumps(record) + "\n")
         if self.config.train.tensorboard:
             self._tensorboard(record)
@@ -333,15 +285,13 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def _atomic_save(self, obj, path: Path):
-        """Rank 0 writes a temporary file, then renames it: a kill leaves the old file."""
+        """Rank 0 writes the file (atomically: a kill leaves the old one); the others wait."""
         if self.main:
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save(obj, tmp)
-            os.replace(tmp, path)
+            save_state(obj, path)
         distributed.barrier()
 
     def save_checkpoint(self):
-        log = self.run_dir / "log.jsonl"
+        log = self.folder.log_file
         rng = distributed.gather_objects(  # every rank's dropout / noise generator
             {"torch": torch.get_rng_state(),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
@@ -353,21 +303,18 @@ class Trainer:
             "train_outputs": distributed.gather_objects(self.train_outputs),  # per rank
             "config": self.config.to_dict(),
             "log_bytes": log.stat().st_size if log.exists() else 0, "rng": rng,
-        }, self.run_dir / "checkpoint.pt")
+        }, self.folder.checkpoint)
 
     def resume_if_possible(self) -> bool:
-        path = self.run_dir / "checkpoint.pt"
+        path = self.folder.checkpoint
         if not path.exists():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        saved, current = _flatten(state["config"]), _flatten(self.config.to_dict())
-        changed = sorted(k for k in set(saved) | set(current)
-                         if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
-        if changed:
-            differences = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
-                                    for k in changed)
-            raise TrainingError(f"{path} was written by a different config ({differences}); "
-                                "use another run_dir or the same config")
+        state = load_state(path, ("model", "optimizer", "config", "epoch", "rng"),
+                           map_location=self.device)
+        changes = config_changes(state["config"], self.config)
+        if changes:
+            raise RunError(f"{path} was written by a different config ({', '.join(changes)}); "
+                           "use another run_dir, the same config, or --overwrite")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -382,7 +329,7 @@ class Trainer:
         torch.set_rng_state(rng["torch"].cpu())
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        log = self.run_dir / "log.jsonl"
+        log = self.folder.log_file
         if log.exists() and self.main:  # drop what was logged after the checkpoint
             with open(log, "r+b") as fp:
                 fp.truncate(state["log_bytes"])
@@ -393,17 +340,22 @@ class Trainer:
         return True
 
 
-def train(config: RunConfig) -> dict:
-    """Builds everything a config names and trains it; returns the best dev metrics."""
-    tasks = build_tasks(config)
-    model, tokenizer = build_model(config, tasks)
-    train_sets, counts = {}, {}
-    for name, task in tasks.items():
-        examples, file_counts = task.read_train(config.data.dir, config.train.seed)
-        counts.update(file_counts)
-        train_sets[name] = EncodedTask(name, examples, tokenizer, model.cross_encode(name))
-    dev_sets = encode_split(config, tasks, tokenizer, "dev")
-    try:
-        return Trainer(config, tasks, model, train_sets, dev_sets, counts).fit()
-    finally:
-        distributed.shutdown()
+def train(config: RunConfig, overwrite: bool = False) -> dict:
+    """Builds everything a config names and trains it; returns the best dev metrics.
+
+    The device and the run folder are checked first (the folder is locked, and a run it
+    already holds is resumed or refused), then weights load and data is tokenised."""
+    resolve_device(config.train.device)
+    folder = RunFolder(config.run_dir)
+    # under torchrun only rank 0 owns (and writes) the folder
+    owner = folder.claim(config, overwrite) if int(os.environ.get("RANK", "0")) == 0 \
+        else contextlib.nullcontext()
+    with owner:
+        tasks = build_tasks(config)
+        model, tokenizer = build_model(config, tasks)
+        train_sets, counts = encode_train(config, tasks, tokenizer, model)
+        dev_sets = encode_split(config, tasks, tokenizer, "dev")
+        try:
+            return Trainer(config, tasks, model, train_sets, dev_sets, counts).fit()
+        finally:
+            distributed.shutdown()

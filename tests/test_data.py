@@ -19,12 +19,48 @@ def test_quora_rows_with_an_empty_label_are_skipped_with_one_warning(tmp_path):
                  + "1\taaa\tHow do I cook rice?\tHow is rice cooked?\t1.0\n"
                  + '2\tbbb\tBroken?\tWhat?\t\n'
                  + "3\tccc\tWhat is a cat?\tWhat is a dog?\t0.0\n"
-                 + "4\tddd\tShort row\n")
-    with pytest.warns(UserWarning, match=r"skipped 2 malformed.*bbb, ddd"):
+                 + "4\tddd\tEmpty too\tYes\t\n")
+    with pytest.warns(UserWarning, match=r"skipped 2 row.*line 3 \(id bbb\), line 5 \(id ddd\)"):
         examples = build_task("quora", {}).read(path)
     assert examples.ids == ["aaa", "ccc"]
     assert examples.labels.tolist() == [1.0, 0.0]
     assert examples.texts[1] == ["How is rice cooked?", "What is a dog?"]
+
+
+GOOD_ROW = "1\taaa\tHow do I cook rice?\tHow is rice cooked?\t1.0\n"
+
+
+@pytest.mark.parametrize("rows, message", [
+    # a row short of fields, and one with a stray tab that would shift the label
+    ("4\tddd\tShort row\n", r"line 3: 3 fields where the header has 5"),
+    ("5\teee\tWhat\tis\tthis?\t0.0\n", r"line 3: 6 fields where the header has 5"),
+    # a stray quote at the start of a field would swallow the rows after it
+    ('6\tfff\t"Unclosed question?\tAnswer\t1.0\n' + GOOD_ROW * 3
+     + '8\thhh\tends here"\tb\t0.0\n',
+     r"line 3: a quote opened on this line is closed only on line 7"),
+    ('6\tfff\t"Unclosed question?\tAnswer\t1.0\n', r"line 3: a quote .* is never closed"),
+    ('7\tggg\t"Quoted" then text\tAnswer\t1.0\n', r"line 3: malformed quoting"),
+])
+def test_rows_that_do_not_fit_the_header_are_errors_naming_the_line(tmp_path, rows, message):
+    path = write(tmp_path / "q.csv", QUORA_HEADER + GOOD_ROW + rows + GOOD_ROW)
+    with pytest.raises(DataError, match=message) as error:
+        build_task("quora", {}).read(path)
+    assert str(path) in str(error.value)
+
+
+def test_quoted_fields_are_read_as_csv_quotes_them(tmp_path):
+    """The CS224N files are written by pandas: quotes around a field, inner ones doubled."""
+    path = write(tmp_path / "q.csv", QUORA_HEADER
+                 + '1\taaa\t"What does ""quote"" mean?"\tA plain "word" inside\t1.0\n')
+    examples = build_task("quora", {}).read(path)
+    assert examples.texts == [['What does "quote" mean?'], ['A plain "word" inside']]
+
+
+def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_bytes((QUORA_HEADER + GOOD_ROW).encode() + b"2\tbbb\tcaf\xe9?\tx\t0.0\n")
+    with pytest.raises(DataError, match=r"q.csv, line 3: not UTF-8 text \(byte 0xe9"):
+        build_task("quora", {}).read(path)
 
 
 def test_the_real_quora_dev_file_loads_20212_pairs(data_dir):
@@ -47,6 +83,8 @@ def test_sst_test_file_with_two_index_columns_reads_without_labels(data_dir):
     ("\tid\tsentence\tsentiment\n", "no usable rows"),
     ("\tid\tsentence\tsentiment\n1\tx\tgood\t2\n2\ty\tbad\tlots\n", r"line 3, column 'sentiment'"),
     ("\tid\tsentence\tsentiment\n1\tx\tgood\t7\n", r"line 2.*not a class in 0..4"),
+    ("\tid\tsentence\tsentiment\n1\tx\tgood\tinf\n", r"line 2.*not a class in 0..4"),
+    ("\tid\tsentence\tsentiment\n1\tx\tgood\tnan\n", r"line 2.*not a class in 0..4"),
 ])
 def test_bad_files_name_the_file_and_line(tmp_path, content, message):
     path = tmp_path / "sst.csv"

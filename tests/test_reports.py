@@ -102,8 +102,8 @@ def test_export_loads_in_transformers_with_equal_outputs(runs, tmp_path):
     import torch
     from minbert.tokenizer import Tokenizer
     assert cli.main(["export", str(runs[0]), str(tmp_path / "hf")]) == 0
-    from minbert.cli import _load_run
-    _, _, model, _ = _load_run(runs[0])
+    from minbert.runs import load_run
+    model = load_run(runs[0]).model
     theirs = transformers.BertModel.from_pretrained(str(tmp_path / "hf")).eval()
     batch = Tokenizer.from_pretrained(tmp_path / "hf")(["the movie is good", "a cat"])
     with torch.no_grad():

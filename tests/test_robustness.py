@@ -21,6 +21,7 @@ from helpers import tiny_config_values, weights_equal, write_task_files
 # kill at a chosen point instead of racing a timer.
 RUNNER = textwrap.dedent("""
     import json, os, signal, sys
+    from pathlib import Path
     import torch
     import minbert.training as training
     from minbert.config import build_config
@@ -40,7 +41,7 @@ RUNNER = textwrap.dedent("""
         save, count = torch.save, [0]
         def torch_save(obj, path, *args, **kwargs):
             save(obj, path, *args, **kwargs)
-            if str(path).endswith("checkpoint.pt.tmp"):
+            if Path(path).name.startswith("checkpoint.pt.") and str(path).endswith(".tmp"):
                 count[0] += 1
                 if count[0] == 3:
                     die()
@@ -106,7 +107,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights_and_metrics(
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (tmp_path / "killed" / "checkpoint.pt").exists()
     if kill == "writing-checkpoint":  # the kill left a temporary file, not a torn checkpoint
-        assert (tmp_path / "killed" / "checkpoint.pt.tmp").exists()
+        assert list((tmp_path / "killed").glob("checkpoint.pt.*.tmp"))
     before, _ = final_state(tmp_path / "killed")
     assert not weights_equal(before, final_state(tmp_path / "whole")[0])
 
@@ -116,6 +117,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights_and_metrics(
     expected_weights, expected_epochs = final_state(tmp_path / "whole")
     assert weights_equal(weights, expected_weights)
     assert epochs == expected_epochs and len(epochs) == 3
+    assert not list((tmp_path / "killed").glob("*.tmp"))  # the resumed run cleared them
 
 
 def dropout_free(tiny_checkpoint, tmp_path):

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from minbert import BertModel
-from minbert.config import SmartConfig
+from minbert.config import SmartConfig, build_config
 from minbert.data import EncodedTask, Examples
 from minbert.multitask import MultiTaskModel
-from minbert.regularizers.smart import Smart, SmartSettings, ascent_step
+from minbert.regularizers.smart import Smart, ascent_step
 from minbert.tasks import build_task
 from minbert.tokenizer import Tokenizer
 
@@ -105,7 +105,7 @@ def test_regression_squared_divergence_is_on_the_unit_scale():
 
 def test_teacher_follows_the_momentum_rule(setup):
     model, tasks, batch, _ = setup
-    smart = Smart(SmartSettings(adversarial_weight=0.0), total_updates=100)
+    smart = Smart(SmartConfig(adversarial_weight=0.0), total_updates=100)
     logits = model(batch)
     smart(model, tasks["sts"], batch, logits)  # makes the teacher: a copy of θ0
     teacher_before = [p.clone() for p in smart.teacher.parameters()]
@@ -128,7 +128,7 @@ def _grads(model, loss):
 def test_zero_weights_give_exactly_the_plain_loss_and_gradient(setup):
     model, tasks, batch, _ = setup
     task = tasks["sts"]
-    smart = Smart(SmartSettings(adversarial_weight=0.0, proximal_weight=0.0))
+    smart = Smart(SmartConfig(adversarial_weight=0.0, proximal_weight=0.0))
     torch.manual_seed(5)
     plain_logits = model(batch)
     plain = task.loss(plain_logits, batch.labels)
@@ -143,7 +143,7 @@ def test_zero_weights_give_exactly_the_plain_loss_and_gradient(setup):
 
 def test_adversarial_term_is_positive_and_reaches_the_word_embeddings(setup):
     model, tasks, batch, quora_batch = setup
-    smart = Smart(SmartSettings(proximal_weight=0.0, noise_std=1e-3, epsilon=1e-2,
+    smart = Smart(SmartConfig(proximal_weight=0.0, noise_std=1e-3, epsilon=1e-2,
                                 step_size=1e-2))
     for task, b in ((tasks["sts"], batch), (tasks["quora"], quora_batch)):
         model.zero_grad()
@@ -155,7 +155,7 @@ def test_adversarial_term_is_positive_and_reaches_the_word_embeddings(setup):
 
 def test_dropout_off_option_makes_the_adversarial_passes_deterministic(setup):
     model, tasks, batch, _ = setup
-    smart = Smart(SmartSettings(proximal_weight=0.0, noise_std=0.0, adversarial_dropout=False))
+    smart = Smart(SmartConfig(proximal_weight=0.0, noise_std=0.0, adversarial_dropout=False))
     with torch.no_grad():
         model.eval()
         clean = model(batch)
@@ -168,14 +168,14 @@ def test_dropout_off_option_makes_the_adversarial_passes_deterministic(setup):
 
 def test_teacher_state_survives_a_resume(setup):
     model, tasks, batch, _ = setup
-    smart = Smart(SmartSettings(adversarial_weight=0.0), total_updates=10)
+    smart = Smart(SmartConfig(adversarial_weight=0.0), total_updates=10)
     smart(model, tasks["sts"], batch, model(batch))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1.1)
     smart.after_step(model)
     state = smart.state_dict()
-    restored = Smart(SmartSettings(adversarial_weight=0.0), total_updates=10)
+    restored = Smart(SmartConfig(adversarial_weight=0.0), total_updates=10)
     restored.load_state_dict(state)
     restored(model, tasks["sts"], batch, model(batch))  # builds the teacher, then loads it
     assert restored.updates == 1
@@ -186,13 +186,13 @@ def test_teacher_state_survives_a_resume(setup):
 def test_smart_is_built_from_config_with_per_task_overrides():
     config = SmartConfig(enabled=True, inner_divergence="kl", final_divergence="sym-kl",
                          overrides={"sts": {"adversarial_weight": 5.0}})
-    smart = Smart.from_config(config, total_updates=10)
+    smart = Smart(config, total_updates=10)
     assert smart.per_task["sts"].adversarial_weight == 5.0
     assert smart.per_task["sts"].inner_divergence == "kl"
     assert smart.settings.divergence("final", build_task("sts", {})) == "sym-kl"
-    assert SmartSettings().divergence("final", build_task("sts", {})) == "squared"
+    assert SmartConfig().divergence("final", build_task("sts", {})) == "squared"
     with pytest.raises(ValueError, match="smart.overrides.sts"):
-        Smart.from_config(SmartConfig(overrides={"sts": {"lambda": 1}}), 10)
+        build_config({"smart": {"overrides": {"sts": {"lambda": 1}}}})
 
 
 def test_adversarial_term_is_computed_in_full_precision(setup):
@@ -200,7 +200,7 @@ def test_adversarial_term_is_computed_in_full_precision(setup):
     model, tasks, _, batch = setup
     model.eval()  # no dropout: the only difference between the runs is the precision
     task = tasks["quora"]
-    smart = Smart(SmartSettings(proximal_weight=0.0))
+    smart = Smart(SmartConfig(proximal_weight=0.0))
 
     def term(bf16):
         torch.manual_seed(3)
@@ -234,7 +234,7 @@ def test_adversarial_passes_use_ieee_matmuls_and_restore_the_setting(setup, monk
     try:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = model(batch)
-            Smart(SmartSettings(proximal_weight=0.0))(model, tasks["quora"], batch, logits)
+            Smart(SmartConfig(proximal_weight=0.0))(model, tasks["quora"], batch, logits)
             assert torch.get_float32_matmul_precision() == "medium"
             assert torch.is_autocast_enabled("cpu")
     finally:
@@ -248,6 +248,6 @@ def test_inner_pass_leaves_frozen_and_trainable_parameters_as_they_were(setup):
     model.encoder.requires_grad_(False)  # as in the last-linear-layer setting
     flags = [p.requires_grad for p in model.parameters()]
     assert any(flags) and not all(flags)
-    term = Smart(SmartSettings(proximal_weight=0.0))(model, tasks["sts"], batch, model(batch))
+    term = Smart(SmartConfig(proximal_weight=0.0))(model, tasks["sts"], batch, model(batch))
     assert [p.requires_grad for p in model.parameters()] == flags
     assert term.requires_grad  # the final term still reaches the trainable head

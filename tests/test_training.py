@@ -6,6 +6,7 @@ import torch
 
 from minbert import cli
 from minbert.config import ConfigKeyError, build_config, load_config
+from minbert.runs import RunError
 from minbert.training import TrainingError, train
 
 from helpers import tiny_config_values, weights_equal, write_task_files
@@ -55,7 +56,7 @@ def test_resuming_with_a_different_config_is_refused_by_key(task_dir, tiny_check
     values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", max_steps=1)
     train(build_config(values))
     values["train"]["lr"] = 5e-4
-    with pytest.raises(TrainingError, match=r"train.lr: 0.001 -> 0.0005"):
+    with pytest.raises(RunError, match=r"train.lr: 0.001 -> 0.0005"):
         train(build_config(values))
 
 

@@ -30,7 +30,7 @@ def register(cls: type[Combiner]) -> type[Combiner]:
 
 def make_combiner(name: str, seed: int = 0, **options) -> Combiner:
     if name not in COMBINERS:
-        raise ValueError(f"train.combiner: {name!r} is not one of {sorted(COMBINERS)}")
+        raise ValueError(f"train.combiner = {name!r}; use one of {', '.join(sorted(COMBINERS))}")
     try:
         return COMBINERS[name](seed=seed, **options)
     except TypeError as e:

@@ -21,8 +21,17 @@ from minbert.combiners.gradients import GramCombiner
 
 
 def cagrad_weights(gram: np.ndarray, c: float) -> np.ndarray:
-    """Weights v with d = Σ v_k g_k (before the task-count scaling)."""
+    """Weights v with d = Σ v_k g_k (before the task-count scaling).
+
+    The weights do not depend on the overall scale of the gradients (scaling every g by s
+    scales every term of the dual by s²), so the dual is solved on the Gram matrix divided
+    by its mean diagonal: its objective is of order one whatever the gradients' norms, and
+    SLSQP's tolerances mean the same at any scale."""
     tasks = gram.shape[0]
+    scale = np.trace(gram) / tasks
+    if not np.isfinite(scale) or scale <= 0:  # every gradient zero: nothing to combine
+        return np.full(tasks, 1.0 / tasks) / (1.0 + c ** 2)
+    gram = gram / scale
     mean = np.full(tasks, 1.0 / tasks)
     g0_norm = np.sqrt(max(mean @ gram @ mean, 0.0))
     radius = c * g0_norm
@@ -31,7 +40,8 @@ def cagrad_weights(gram: np.ndarray, c: float) -> np.ndarray:
         return w @ gram @ mean + radius * np.sqrt(max(w @ gram @ w, 0.0) + 1e-12)
 
     result = minimize(objective, mean, bounds=[(0.0, 1.0)] * tasks, method="SLSQP",
-                      constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0},))
+                      constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0},),
+                      options={"ftol": 1e-12, "maxiter": 500})
     w = result.x
     gw_norm = np.sqrt(max(w @ gram @ w, 0.0))
     step = radius / (gw_norm + 1e-12)
@@ -44,7 +54,7 @@ class CAGrad(GramCombiner):
 
     def __init__(self, seed: int = 0, c: float = 0.4):
         if c < 0:
-            raise ValueError(f"train.cagrad_c must be ≥ 0, got {c}")
+            raise ValueError(f"train.combiner_options.c (CAGrad's radius) must be ≥ 0, got {c}")
         self.c = c
 
     def weights(self, gram):

@@ -25,5 +25,5 @@ def build_regularizers(config, tasks, total_updates: int) -> list[Regularizer]:
     regularizers = []
     if config.smart.enabled:
         from minbert.regularizers.smart import Smart
-        regularizers.append(Smart.from_config(config.smart, total_updates))
+        regularizers.append(Smart(config.smart, total_updates))
     return regularizers

@@ -25,33 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from minbert.config import SmartConfig
 from minbert.regularizers import Regularizer
-from minbert.tasks import RegressionTask
-
-
-@dataclass
-class SmartSettings:
-    adversarial_weight: float = 1.0  # λs
-    proximal_weight: float = 1.0     # μ
-    noise_std: float = 1e-5          # σ
-    step_size: float = 1e-3          # η
-    epsilon: float = 1e-5            # ε
-    adversarial_steps: int = 1       # K
-    norm: str = "inf"                # inf | l2
-    inner_divergence: str = "auto"   # auto: sym-kl for classification, squared for regression
-    final_divergence: str = "auto"
-    proximal_divergence: str = "auto"
-    adversarial_dropout: bool = True
-
-    def divergence(self, which: str, task) -> str:
-        kind = getattr(self, f"{which}_divergence")
-        if kind != "auto":
-            return kind
-        return "squared" if isinstance(task, RegressionTask) else "sym-kl"
 
 
 def _per_token_norm(x: torch.Tensor, norm: str) -> torch.Tensor:
@@ -100,31 +78,19 @@ def _reduced_precision(device_type: str) -> bool:
 
 
 class Smart(Regularizer):
-    def __init__(self, settings: SmartSettings, per_task: dict[str, SmartSettings] | None = None,
-                 tasks: list[str] | None = None, total_updates: int = 1,
-                 teacher_momentum: float = 0.999, teacher_momentum_warm: float = 0.99,
-                 teacher_warm_fraction: float = 0.1):
-        self.settings, self.per_task = settings, per_task or {}
-        self.tasks = set(tasks) if tasks else None
-        self.total_updates = total_updates
-        self.momentum, self.momentum_warm = teacher_momentum, teacher_momentum_warm
-        self.warm_updates = int(teacher_warm_fraction * total_updates)
+    """The SMART terms of `settings` (a run's `[smart]` section, per-task overrides
+    included); `total_updates` sets the teacher's warm phase."""
+
+    def __init__(self, settings: SmartConfig, total_updates: int = 1):
+        self.settings = settings
+        self.per_task = {task: settings.for_task(task) for task in settings.overrides}
+        self.tasks = set(settings.tasks) if settings.tasks else None
+        self.momentum, self.momentum_warm = settings.teacher_momentum, \
+            settings.teacher_momentum_warm
+        self.warm_updates = int(settings.teacher_warm_fraction * total_updates)
         self.updates = 0
         self.teacher = None
         self._pending_teacher_state = None
-
-    @classmethod
-    def from_config(cls, config, total_updates: int) -> "Smart":
-        keys = {f.name for f in fields(SmartSettings)}
-        base = SmartSettings(**{k: getattr(config, k) for k in keys})
-        per_task = {}
-        for task, changes in config.overrides.items():
-            unknown = sorted(set(changes) - keys)
-            if unknown:
-                raise ValueError(f"smart.overrides.{task}: unknown key(s) {unknown}")
-            per_task[task] = SmartSettings(**{**asdict(base), **changes})
-        return cls(base, per_task, config.tasks, total_updates, config.teacher_momentum,
-                   config.teacher_momentum_warm, config.teacher_warm_fraction)
 
     # ------------------------------------------------------------------ the loss terms
     def __call__(self, model, task, batch, logits):
@@ -139,7 +105,7 @@ class Smart(Regularizer):
             total = total + s.proximal_weight * self.proximal_loss(model, task, batch, logits, s)
         return total
 
-    def adversarial_loss(self, model, task, batch, logits, s: SmartSettings):
+    def adversarial_loss(self, model, task, batch, logits, s: SmartConfig):
         """ℓs(f(x + δ), f(x)) with δ from K projected ascent steps (Eq. 3), in fp32."""
         device_type = logits.device.type
         reduced = _reduced_precision(device_type)
@@ -152,7 +118,7 @@ class Smart(Regularizer):
                 target = logits.detach()
             return self._adversarial(model, task, batch, embeds, target, s)
 
-    def _adversarial(self, model, task, batch, embeds, target, s: SmartSettings):
+    def _adversarial(self, model, task, batch, embeds, target, s: SmartConfig):
         masks = [seg["attention_mask"].unsqueeze(-1).to(e.dtype)  # (batch, seq, 1)
                  for seg, e in zip(batch.segments, embeds)]
         deltas = [torch.randn_like(e) * s.noise_std * m for e, m in zip(embeds, masks)]
@@ -174,7 +140,7 @@ class Smart(Regularizer):
             model.train(was_training)
         return task.divergence(adversarial, target, s.divergence("final", task))
 
-    def proximal_loss(self, model, task, batch, logits, s: SmartSettings):
+    def proximal_loss(self, model, task, batch, logits, s: SmartConfig):
         """ℓs(f(x; θ), f(x; θ̃)): the Bregman proximal term against the momentum teacher."""
         if self.teacher is None:
             self._make_teacher(model)

@@ -44,7 +44,7 @@ def build_task(name: str, spec: dict) -> Task:
     Errors name the task and the key, for config files."""
     spec = {**BUILTIN.get(name, {}), **spec}
     kind = spec.pop("kind", None)
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"tasks.{name}.kind: {kind!r} is not a task kind; use one of "
                          f"{sorted(KINDS)}" if kind else
                          f"tasks.{name}: not a built-in task ({', '.join(BUILTIN)}), so it "
@@ -58,14 +58,11 @@ def build_task(name: str, spec: dict) -> Task:
     for required in ("text_columns", "label_column"):
         if required not in spec:
             raise ValueError(f"tasks.{name}.{required} is required")
-    if len(spec["text_columns"]) not in (1, 2):
-        raise ValueError(f"tasks.{name}.text_columns: one column (a sentence) or two (a pair)")
-    if spec.get("pair_encoding") not in (None, "cross", "bi"):
-        raise ValueError(f"tasks.{name}.pair_encoding: {spec['pair_encoding']!r} is not "
-                         "'cross' or 'bi'")
-    spec["text_columns"] = tuple(spec["text_columns"])
     spec.setdefault("output_prefix", name)
-    return cls(name=name, **spec)
+    task = cls(name=name, **spec)
+    task.check()
+    task.text_columns = tuple(task.text_columns)
+    return task
 
 
 __all__ = ["BUILTIN", "KINDS", "ClassificationTask", "RegressionTask", "Task", "build_task"]

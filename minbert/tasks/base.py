@@ -1,6 +1,8 @@
 """What every task declares: its inputs, files, outputs, loss, metric and SMART divergence."""
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,42 @@ class Task:
     pair_encoding: str | None = None  # "cross" | "bi" for this pair task; None: model.pair_encoding
 
     metric_name = "metric"
+    smart_divergence = "sym-kl"  # SMART's divergence when a run leaves it on "auto"
+    cosine_pair_head = False     # may a bi-encoded pair be scored by cosine similarity?
+
+    def check(self) -> None:
+        """Raises ValueError naming the key when a declared value cannot work."""
+        where = f"tasks.{self.name}"
+        columns = self.text_columns
+        if (not isinstance(columns, (list, tuple)) or len(columns) not in (1, 2)
+                or not all(isinstance(c, str) and c for c in columns)):
+            raise ValueError(f"{where}.text_columns: one column name (a sentence) or two (a "
+                             f"pair), got {columns!r}")
+        for key in ("label_column", "prediction_header"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ValueError(f"{where}.{key}: a non-empty string, got "
+                                 f"{getattr(self, key)!r}")
+        for key in ("dev_file", "test_file"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise ValueError(f"{where}.{key}: a file name, got {getattr(self, key)!r}")
+        if not isinstance(self.train_files, list):
+            raise ValueError(f"{where}.train_files: a list of file names, got "
+                             f"{self.train_files!r}")
+        for entry in self.train_files:
+            entry = {"path": entry} if isinstance(entry, str) else entry
+            if (not isinstance(entry, dict) or not isinstance(entry.get("path"), str)
+                    or set(entry) - {"path", "subsample"}):
+                raise ValueError(f"{where}.train_files: each entry is a file name or "
+                                 f"{{path = \"...\", subsample = N}}, got {entry!r}")
+            _check_subsample(f"{where}.train_files {entry['path']!r}", entry.get("subsample"))
+        _check_subsample(f"{where}.subsample", self.subsample)
+        if not isinstance(self.output_prefix, str) or not _PLAIN_NAME.fullmatch(
+                self.output_prefix):
+            raise ValueError(f"{where}.output_prefix: {self.output_prefix!r} is not a plain "
+                             "file name (letters, digits, '.', '_', '-'; no folders)")
+        if self.pair_encoding not in (None, "cross", "bi"):
+            raise ValueError(f"{where}.pair_encoding: {self.pair_encoding!r} is not 'cross' "
+                             "or 'bi'")
 
     @property
     def is_pair(self) -> bool:
@@ -78,5 +116,21 @@ class Task:
         'squared'. `target` is the reference output (detached by the caller)."""
         raise NotImplementedError
 
+    def overall_share(self, value: float) -> float:
+        """This task's metric as it enters the overall score (a mean over tasks)."""
+        return value
+
     def format_prediction(self, value) -> str:
         return str(value)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def _check_subsample(where: str, amount) -> None:
+    if amount is None:
+        return
+    if (isinstance(amount, bool) or not isinstance(amount, (int, float))
+            or not math.isfinite(amount) or amount <= 0):
+        raise ValueError(f"{where}: subsample is a fraction (< 1) or a count (≥ 1) of "
+                         f"examples, got {amount!r}")

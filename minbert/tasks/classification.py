@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,9 +39,16 @@ class ClassificationTask(Task):
     def num_outputs(self) -> int:
         return 1 if self.binary else self.num_classes
 
+    def check(self) -> None:
+        super().check()
+        if (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
+                or self.num_classes < 2):
+            raise ValueError(f"tasks.{self.name}.num_classes: an integer ≥ 2, got "
+                             f"{self.num_classes!r}")
+
     def parse_label(self, raw: str) -> float:
         value = float(raw)
-        if value != int(value) or not 0 <= value < self.num_classes:
+        if not math.isfinite(value) or value != int(value) or not 0 <= value < self.num_classes:
             raise ValueError(f"label {raw!r} is not a class in 0..{self.num_classes - 1}")
         return value
 
@@ -55,6 +64,9 @@ class ClassificationTask(Task):
 
     def metric(self, predictions, labels):
         return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
+
+    def format_prediction(self, value) -> str:
+        return str(int(value))
 
     def divergence(self, logits, target, kind):
         kl = _kl_bernoulli if self.binary else _kl_categorical

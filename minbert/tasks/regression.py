@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,19 @@ class RegressionTask(Task):
     low: float = 0.0
     high: float = 5.0
     metric_name = "pearson"
+    smart_divergence = "squared"
+    cosine_pair_head = True
+
+    def check(self) -> None:
+        super().check()
+        for key in ("low", "high"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise ValueError(f"tasks.{self.name}.{key}: a number, got {value!r}")
+        if not self.low < self.high:
+            raise ValueError(f"tasks.{self.name}: low ({self.low}) must be below high "
+                             f"({self.high})")
 
     @property
     def num_outputs(self) -> int:
@@ -64,6 +79,10 @@ class RegressionTask(Task):
         if kind == "sym-kl":
             return (kl(q, p) + kl(p, q)).mean()
         raise ValueError(f"unknown divergence {kind!r}; use 'kl', 'sym-kl' or 'squared'")
+
+    def overall_share(self, value: float) -> float:
+        """A correlation r counts as (r + 1) / 2, on the scale of an accuracy."""
+        return (value + 1) / 2
 
     def format_prediction(self, value) -> str:
         return f"{float(value):.4f}"

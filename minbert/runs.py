@@ -1,0 +1,324 @@
+"""A run: what a config builds (tasks, model, tokenizer, encoded splits) and the folder
+that holds everything it produced.
+
+    RUN_DIR/config.json     the full config, written when the run starts
+    RUN_DIR/log.jsonl       one JSON record a line: start, step windows, epochs, resumes
+    RUN_DIR/checkpoint.pt   the resumable state (every train.checkpoint_every updates)
+    RUN_DIR/best.pt         the model with the best dev overall score, its metrics, config
+    RUN_DIR/predictions/    leaderboard files (the best model's dev files; `minbert predict`)
+    RUN_DIR/run.lock        held by the process that trains in the folder
+
+Run files are written atomically (a temporary file of this process, then a rename) and
+read with `torch.load(weights_only=True)`: tensors and plain containers only, so a
+shared run folder cannot run code. A folder belongs to one training process at a time,
+and a run is never replaced by accident: a folder that holds one resumes it or is
+refused, unless the user asks to overwrite it.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pickle
+import socket
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minbert.config import ConfigKeyError, RunConfig, build_config
+from minbert.data import EncodedTask
+from minbert.model import BertModel
+from minbert.multitask import MultiTaskModel
+from minbert.tasks import Task, build_task
+from minbert.tokenizer import Tokenizer
+
+# config keys that may change between a run and its resumption
+RESUMABLE_CHANGES = {"run_dir", "data.dir", "data.eval_batch_size", "train.device",
+                     "train.checkpoint_every", "train.log_every", "train.max_steps",
+                     "train.tensorboard", "train.compile", "train.compile_backend"}
+# what a run writes into its folder (and what --overwrite removes)
+RUN_FILES = ("config.json", "log.jsonl", "checkpoint.pt", "best.pt", "dev-metrics.json")
+RUN_FOLDERS = ("predictions", "tensorboard")
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be used as asked; the message names the file."""
+
+
+# ---------------------------------------------------------------------- building a run
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """'auto' is CUDA when present, else the CPU; under torchrun, 'cuda' is the rank's GPU.
+    A device this machine does not have is an error naming `option`."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= count:
+            raise ConfigKeyError(f"{option} = {name!r}: this machine has "
+                                 f"{count or 'no'} CUDA device(s); use auto or cpu")
+        if name == "cuda" and "LOCAL_RANK" in os.environ:
+            name = f"cuda:{os.environ['LOCAL_RANK']}"
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigKeyError(f"{option} = 'mps': MPS is not available here; use auto or cpu")
+    return torch.device(name)
+
+
+def build_tasks(config: RunConfig) -> dict[str, Task]:
+    return {name: build_task(name, dict(config.tasks.get(name, {})))
+            for name in config.data.tasks}
+
+
+def build_model(config: RunConfig, tasks: dict[str, Task]) -> tuple[MultiTaskModel, Tokenizer]:
+    encoder = BertModel.from_pretrained(config.model.checkpoint)
+    max_length = min(config.model.max_length, encoder.config.max_position_embeddings)
+    tokenizer = Tokenizer.from_pretrained(config.model.checkpoint, max_length)
+    torch.manual_seed(config.train.seed)  # the heads' initialisation
+    model = MultiTaskModel(encoder, tasks, config.model.pair_encoding, config.model.pooling,
+                           config.model.head_dropout, config.model.similarity_head)
+    return model, tokenizer
+
+
+def encode_train(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer,
+                 model: MultiTaskModel) -> tuple[dict[str, EncodedTask], dict[str, int]]:
+    """Every task's training set, tokenised once; also how many examples each file gave."""
+    train_sets, counts = {}, {}
+    for name, task in tasks.items():
+        examples, file_counts = task.read_train(config.data.dir, config.train.seed)
+        counts.update(file_counts)
+        train_sets[name] = EncodedTask(name, examples, tokenizer, model.cross_encode(name))
+    return train_sets, counts
+
+
+def encode_split(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer,
+                 split: str, labelled: bool = True) -> dict[str, EncodedTask]:
+    """Reads and tokenises one split ('dev' or 'test') of every task that has that file."""
+    out = {}
+    for name, task in tasks.items():
+        file = task.dev_file if split == "dev" else task.test_file
+        if not file:
+            continue
+        examples = task.read(Path(config.data.dir) / file, labelled=labelled)
+        if split == "dev" and config.data.dev_limit:
+            examples = examples.subset(range(min(len(examples), config.data.dev_limit)))
+        out[name] = EncodedTask(name, examples, tokenizer,
+                                task.cross_encoded(config.model.pair_encoding))
+    return out
+
+
+# ---------------------------------------------------------------------- run files
+def save_state(state: dict, path: Path) -> None:
+    """Writes `state` to a temporary file of this process, then renames it over `path`:
+    a kill at any point leaves the previous file whole."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+try:  # arrays in checkpoints written before training outputs were stored as tensors
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+_NUMPY_GLOBALS = [np.ndarray, np.dtype, _reconstruct,
+                  *{type(np.dtype(t)) for t in (np.int64, np.float64, np.int32, np.float32)}]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def load_state(path: Path, required: tuple[str, ...] = ("model",),
+               map_location="cpu") -> dict:
+    """A run file read without running code from it (weights_only); errors name the file."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise RunError(f"{path}: no such file") from None
+    except pickle.UnpicklingError as e:
+        raise RunError(f"{path}: refused to load: it holds objects other than tensors and "
+                       f"plain values, which could run code ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise RunError(f"{path}: cannot be read; truncated, or not a minbert run file "
+                       f"({_first_line(e)})") from None
+    missing = [key for key in required if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise RunError(f"{path}: not a minbert run file (no {', '.join(missing)})")
+    return state
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key != "tasks":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: dict, config: RunConfig) -> list[str]:
+    """'key: old -> new' for each setting that differs and may not change on resume."""
+    saved, current = _flatten(saved), _flatten(config.to_dict())
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+            for k in sorted(set(saved) | set(current))
+            if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES]
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config_file = self.path / "config.json"
+        self.log_file = self.path / "log.jsonl"
+        self.checkpoint = self.path / "checkpoint.pt"
+        self.best = self.path / "best.pt"
+        self.predictions = self.path / "predictions"
+        self.lock_file = self.path / "run.lock"
+        self._lock_fd = None
+
+    def holds_run(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_FILES)
+
+    def read_config(self) -> RunConfig:
+        if not self.config_file.is_file():
+            raise RunError(f"{self.config_file}: not found; is {self.path} a run folder "
+                           "written by `minbert train`?")
+        try:
+            values = json.loads(self.config_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunError(f"{self.config_file}: not a JSON config ({e})") from None
+        return build_config(values, str(self.config_file))
+
+    # ------------------------------------------------------------------ ownership
+    def lock(self) -> None:
+        """Takes the folder for this process (released when it exits, even by kill -9).
+        Another live process holding it is an error naming its PID."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(f"{self.path} is in use by {holder}; wait for it to finish, stop "
+                           "it, or use another run_dir") from None
+        previous = os.read(fd, 200).decode("utf-8", "replace").strip()
+        if previous:  # its holder died without releasing it (flock went with the process)
+            print(f"minbert: taking over {self.lock_file} from {previous}, which is no "
+                  "longer running", file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._lock_fd = fd
+        for name in RUN_FILES:  # temporary files of killed writers: nobody else writes here
+            for stale in self.path.glob(f"{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)  # empty: released cleanly
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @contextlib.contextmanager
+    def claim(self, config: RunConfig, overwrite: bool = False):
+        """Locks the folder and checks it before any work: a new run, the same run to
+        resume (the config may change only in RESUMABLE_CHANGES), or a refusal."""
+        self.lock()
+        try:
+            if overwrite:
+                self.clear()
+            elif self.checkpoint.exists() and self.config_file.is_file():
+                try:
+                    saved = json.loads(self.config_file.read_text(encoding="utf-8"))
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise RunError(f"{self.config_file}: not a JSON config ({e})") from None
+                changes = config_changes(saved, config)
+                if changes:
+                    raise RunError(f"{self.path} holds a run of a different config "
+                                   f"({', '.join(changes)}); use another run_dir, the same "
+                                   "config, or --overwrite to replace it")
+            elif self.holds_run() and not self.checkpoint.exists():
+                found = [n for n in RUN_FILES if (self.path / n).exists()]
+                raise RunError(f"{self.path} already holds a run ({', '.join(found)}) with no "
+                               "checkpoint.pt to resume from; use another run_dir, or "
+                               "--overwrite to replace it")
+            yield self
+        finally:
+            self.unlock()
+
+    def clear(self) -> None:
+        """Removes what a run wrote here (other files in the folder are left alone)."""
+        import shutil
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for name in RUN_FOLDERS:
+            shutil.rmtree(self.path / name, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- finished runs
+@dataclass
+class LoadedRun:
+    folder: RunFolder
+    config: RunConfig
+    tasks: dict[str, Task]
+    model: MultiTaskModel
+    tokenizer: Tokenizer
+    metrics: dict  # the best model's dev metrics as logged when it was saved
+
+
+def check_run_folder(run_dir: str | Path) -> RunFolder:
+    """The folder of a run with at least one finished epoch, checked before any loading."""
+    folder = RunFolder(run_dir)
+    if not folder.path.is_dir():
+        raise RunError(f"{folder.path}: no such run folder")
+    for path in (folder.config_file, folder.best):
+        if not path.is_file():
+            raise RunError(f"{path}: not found; is {folder.path} a run folder with at least "
+                           "one finished epoch?")
+    return folder
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """The config, tasks, tokenizer and best model (in eval mode, on the CPU) of a run."""
+    folder = check_run_folder(run_dir)
+    config = folder.read_config()
+    tasks = build_tasks(config)
+    state = load_state(folder.best)
+    model, tokenizer = build_model(config, tasks)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise RunError(f"{folder.best}: its weights do not fit the model that "
+                       f"{folder.config_file} describes ({str(e).splitlines()[0]})") from None
+    return LoadedRun(folder, config, tasks, model.eval(), tokenizer, state.get("metrics", {}))
+
+
+def writable_folder(path: str | Path, what: str) -> Path:
+    """Creates `path` if needed and checks that files can be written there, before work."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"{path}: cannot create the {what} folder ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunError(f"{path}: the {what} folder is not writable")
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
