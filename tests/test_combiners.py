@@ -151,3 +151,69 @@ def test_unknown_combiner_and_bad_options_are_named():
         make_combiner("mgda")
     with pytest.raises(ValueError, match="combiner_options"):
         make_combiner("pcgrad", alpha=1)
+
+
+def _exact_two_task_dual(gram: np.ndarray, c: float) -> np.ndarray:
+    """CAGrad's dual for two tasks, w = (t, 1 - t), solved in closed form: the objective
+    f(t) = a·t + b + R·sqrt(q(t)) (q quadratic) is convex, so its minimum on [0, 1] is at
+    an end or where f'(t) = 0, i.e. R²·q'(t)² = 4a²·q(t) with a and q'(t) of opposite signs."""
+    mean = np.full(2, 0.5)
+    radius = c * np.sqrt(mean @ gram @ mean)
+    g = gram @ mean
+    a, b = g[0] - g[1], g[1]
+    A = gram[0, 0] - 2 * gram[0, 1] + gram[1, 1]
+    B = 2 * (gram[0, 1] - gram[1, 1])
+    C = gram[1, 1]
+
+    def f(t):
+        return a * t + b + radius * np.sqrt(max(A * t * t + B * t + C, 0.0))
+    roots = np.roots([radius ** 2 * 4 * A * A - 4 * a * a * A,
+                      radius ** 2 * 4 * A * B - 4 * a * a * B,
+                      radius ** 2 * B * B - 4 * a * a * C])
+    candidates = [0.0, 1.0] + [r.real for r in roots
+                               if abs(r.imag) < 1e-12 and 0 <= r.real <= 1
+                               and a * (2 * A * r.real + B) <= 0]
+    t = min(candidates, key=f)
+    w = np.array([t, 1 - t])
+    step = radius / np.sqrt(w @ gram @ w)
+    return (mean + step * w) / (1 + c ** 2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cagrad_weights_do_not_depend_on_the_gradient_scale(seed):
+    """Across mean gradient norms 1e-4 … 1e4 the weights equal the exact dual solution:
+    the solver used to stop at its starting point on small gradients (a scaled sum)."""
+    rng = np.random.default_rng(seed)
+    g1 = rng.normal(size=50)
+    g2 = -0.6 * g1 + rng.normal(size=50)  # conflicting tasks
+    unit = np.stack([g1, g2])
+    unit /= np.linalg.norm(unit, axis=1).mean()
+    exact = _exact_two_task_dual(unit @ unit.T, c=0.4)
+    assert not np.allclose(exact, [0.5 / 1.16, 0.5 / 1.16], atol=1e-3)  # not the plain sum
+    for norm in 10.0 ** np.arange(-4, 5):
+        grads = unit * norm
+        np.testing.assert_allclose(cagrad_weights(grads @ grads.T, 0.4), exact, rtol=1e-5,
+                                   atol=1e-7)
+
+
+def test_cagrad_three_tasks_reach_the_dual_minimum_at_every_scale():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(3, 40))
+    base[2] = -0.5 * base[0] - 0.3 * base[1] + 0.5 * rng.normal(size=40)
+    base /= np.linalg.norm(base, axis=1).mean()
+    gram, mean, c = base @ base.T, np.full(3, 1 / 3), 0.4
+    radius = c * np.sqrt(mean @ gram @ mean)
+    # the dual on a fine grid of the simplex: its minimum bounds the solver's from above
+    steps = np.linspace(0, 1, 401)
+    a, b = np.meshgrid(steps, steps)
+    keep = a + b <= 1
+    w = np.stack([a[keep], b[keep], 1 - a[keep] - b[keep]], axis=1)
+    dual = w @ gram @ mean + radius * np.sqrt(np.einsum("ij,jk,ik->i", w, gram, w))
+    for norm in 10.0 ** np.arange(-4, 5):
+        weights = cagrad_weights(gram * norm ** 2, c)
+        # recover the dual weights w from v = (mean + step·w) / (1 + c²)
+        found = weights * (1 + c ** 2) - mean
+        found /= found.sum()
+        value = found @ gram @ mean + radius * np.sqrt(found @ gram @ found)
+        assert value <= dual.min() + 1e-9
+        np.testing.assert_allclose(weights, cagrad_weights(gram, c), rtol=1e-5, atol=1e-7)

@@ -41,6 +41,9 @@ def test_snli_votes_are_averaged_and_ungolded_pairs_skipped(tmp_path):
     (json.dumps({"sentence1": "a", "sentence2": "b", "gold_label": "neutral"}),
      "missing field(s) ['annotator_labels']"),
     (snli_line(["neutral", "maybe"], gold="neutral"), "annotator_labels"),
+    ("[1, 2]", "not a JSON object (got list)"),
+    (json.dumps({"sentence1": None, "sentence2": "b", "gold_label": "neutral",
+                 "annotator_labels": ["neutral"]}), "sentence1 (None)"),
 ])
 def test_snli_malformed_line_is_an_error_naming_the_line(tmp_path, line, message):
     source = tmp_path / "snli.jsonl"
@@ -49,7 +52,7 @@ def test_snli_malformed_line_is_an_error_naming_the_line(tmp_path, line, message
     with pytest.raises(DataError) as error:
         convert("snli", source, out)
     assert f"{source}, line 2" in str(error.value) and message in str(error.value)
-    assert not out.exists() and not (tmp_path / "out.csv.tmp").exists()
+    assert not out.exists() and not list(tmp_path.glob("out.csv*.tmp"))
 
 
 def test_yelp_stars_become_sentiment_with_or_without_header(tmp_path):
@@ -69,7 +72,12 @@ def test_yelp_stars_become_sentiment_with_or_without_header(tmp_path):
 
 @pytest.mark.parametrize("row, message", [('"6","Too many stars."', "stars '6'"),
                                           ('"0","Zero."', "stars '0'"),
-                                          ('"4"', "got 1 field(s)")])
+                                          ('"4"', "got 1 field(s)"),
+                                          ('"4","Fine.","extra"', "got 3 field(s)"),
+                                          ('"4","An open quote.\n"5","More."',
+                                           "malformed quoting"),
+                                          ('"4","Never closed.\n5,More.',
+                                           "a quote opened on this line is never closed")])
 def test_yelp_bad_row_is_an_error_naming_the_line(tmp_path, row, message):
     source = tmp_path / "yelp.csv"
     source.write_text('"4","Fine."\n' + row + "\n", encoding="utf-8")
@@ -86,6 +94,18 @@ def test_cli_data_convert(tmp_path, capsys):
     assert main(["data", "convert", "snli", str(tmp_path / "none.jsonl"),
                  str(tmp_path / "o.csv")]) == 2
     assert "none.jsonl: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["folder", "source"])
+def test_convert_refuses_a_folder_or_its_own_source_as_output(tmp_path, capsys, target):
+    source = tmp_path / "snli.jsonl"
+    text = snli_line(["entailment"]) + "\n"
+    source.write_text(text, encoding="utf-8")
+    out = tmp_path if target == "folder" else source
+    assert main(["data", "convert", "snli", str(source), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert ("is a folder" if target == "folder" else "is the source file") in err
+    assert source.read_text(encoding="utf-8") == text and not list(tmp_path.glob("*.tmp"))
 
 
 # ------------------------------------------------------------------ fetch's conversion

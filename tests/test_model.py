@@ -165,3 +165,40 @@ def test_dropout_is_active_in_training_mode_only(tiny_checkpoint):
         assert torch.equal(model(**batch)[0], model(**batch)[0])
         model.train()
         assert not torch.equal(model(**batch)[0], model(**batch)[0])
+
+
+def test_a_weights_file_with_no_bert_keys_is_refused(tiny_checkpoint, tmp_path):
+    """It used to warn and then fine-tune a randomly initialised BERT."""
+    from safetensors.torch import save_file
+    shutil.copy(tiny_checkpoint / "config.json", tmp_path / "config.json")
+    save_file({"classifier.weight": torch.zeros(2, 2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="none of its 1 tensors is a BERT weight"):
+        BertModel.from_pretrained(tmp_path)
+
+
+def test_a_garbage_tokenizer_json_is_named(tiny_checkpoint, tmp_path):
+    shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "tokenizer.json").write_text("{garbage", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="tokenizer.json: not a tokenizers file"):
+        Tokenizer.from_pretrained(tmp_path / "ckpt")
+
+
+def test_a_hub_that_never_answers_fails_within_the_timeout(tmp_path, monkeypatch):
+    """Behind a proxy that accepts connections and never replies, the hub client's own
+    metadata request (no timeout) would hang for minutes."""
+    import socket
+    import time
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)  # accepts (in the kernel), never reads or answers
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setenv("MINBERT_HUB_TIMEOUT", "0.5")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        start = time.monotonic()
+        with pytest.raises(CheckpointError, match="did not answer within 0.5 s"):
+            BertModel.from_pretrained("no-such-org/never-answers")
+        assert time.monotonic() - start < 30  # bounded, not a benchmark
+    finally:
+        server.close()

@@ -85,7 +85,7 @@ def run_process(runner, values, tmp_path, kill="", nproc=1):
 
 
 def final_state(run_dir):
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     epochs = [json.loads(line)["dev"] for line in (run_dir / "log.jsonl").read_text()
               .splitlines() if '"type": "epoch"' in line]
     return state["model"], epochs
@@ -171,5 +171,5 @@ def test_compile_option_trains(task_dir, tiny_checkpoint, tmp_path):
                                 compile=True, compile_backend="eager")
     metrics = train(build_config(values))
     assert set(metrics) == {"sst", "quora", "sts", "overall"}
-    state = torch.load(tmp_path / "run" / "best.pt", weights_only=False)["model"]
+    state = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
     assert not any("_orig_mod" in key for key in state)  # loadable without compile

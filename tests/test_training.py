@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minbert import cli
-from minbert.config import ConfigKeyError, build_config, load_config
+from minbert.config import build_config
 from minbert.runs import RunError
 from minbert.training import TrainingError, train
 
@@ -31,7 +31,7 @@ def test_tiny_model_overfits_a_handful_of_examples_per_task(task_dir, tiny_check
 
 
 def _final_weights(run_dir):
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
 @pytest.mark.parametrize("sampler", ["round-robin", "temperature"])
@@ -67,25 +67,6 @@ def test_a_nan_loss_stops_with_a_clear_message(task_dir, tiny_checkpoint, tmp_pa
         train(build_config(values))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.lrr=1", "unknown key train.lrr"),
-    ("train.sampler='random'", "train.sampler = 'random'; use one of"),
-    ("data.batch_size='big'", "data.batch_size: expected int"),
-    ("data.batch_size=0", "data.batch_size must be positive"),
-    ("modle.pooling='cls'", "unknown key 'modle'"),
-])
-def test_config_errors_name_the_key(override, message):
-    with pytest.raises(ConfigKeyError, match=message):
-        load_config("configs/baseline.toml", [override])
-
-
-def test_configs_inherit_and_flags_override():
-    config = load_config("configs/random-sampling.toml", ["train.lr=2e-5"])
-    assert config.model.pair_encoding == "bi" and config.tasks["quora"]["subsample"] == 0.1
-    assert config.train.lr == 2e-5
-    assert load_config("configs/cross-encoding.toml").model.pair_encoding == "cross"
-
-
 def test_cli_trains_evaluates_and_predicts_on_a_slice_of_the_shared_data(
         data_dir, tiny_checkpoint, tmp_path, capsys):
     run = tmp_path / "run"
@@ -106,11 +87,6 @@ def test_cli_trains_evaluates_and_predicts_on_a_slice_of_the_shared_data(
     assert "skip quora test" in capsys.readouterr().out
 
 
-def test_cli_reports_a_bad_option_without_a_traceback(capsys):
-    assert cli.main(["train", "--config", "configs/baseline.toml", "train.epochs=-1"]) == 2
-    assert "train.epochs must be positive" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("combiner,precision", [("pcgrad", "fp32"), ("cagrad", "fp32"),
                                                 ("pcgrad", "bf16")])
 def test_surgery_with_smart_trains_and_its_teacher_is_checkpointed(task_dir, tiny_checkpoint,
@@ -122,20 +98,9 @@ def test_surgery_with_smart_trains_and_its_teacher_is_checkpointed(task_dir, tin
     values["smart"] = {"enabled": True, "inner_divergence": "kl", "final_divergence": "sym-kl"}
     metrics = train(build_config(values))
     assert metrics["overall"] > 0.9  # chance is about 0.45
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["regularizers"][0]["teacher"] is not None
     assert state["regularizers"][0]["updates"] == state["updates"]
-
-
-@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path("configs").glob("*.toml")))
-def test_every_shipped_config_loads_and_validates(path):
-    config = load_config(path)
-    assert config.run_dir.startswith("runs/")
-    from minbert.regularizers import build_regularizers
-    from minbert.combiners import make_combiner
-    from minbert.training import build_tasks
-    make_combiner(config.train.combiner, **config.train.combiner_options)
-    build_regularizers(config, build_tasks(config), total_updates=10)
 
 
 def test_a_task_declared_in_the_config_trains_without_code(task_dir, tiny_checkpoint, tmp_path):
@@ -148,16 +113,6 @@ def test_a_task_declared_in_the_config_trains_without_code(task_dir, tiny_checkp
     values["data"]["tasks"] = ["polarity"]
     metrics = train(build_config(values))
     assert set(metrics) == {"polarity", "overall"} and metrics["polarity"] == 1.0
-
-
-def test_a_declared_task_missing_its_columns_is_named():
-    from minbert.tasks import build_task
-    with pytest.raises(ValueError, match="tasks.nli.label_column is required"):
-        build_task("nli", {"kind": "classification", "text_columns": ["a", "b"]})
-    with pytest.raises(ValueError, match="tasks.nli: not a built-in task"):
-        build_task("nli", {})
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['colour'\]"):
-        build_task("sst", {"colour": "red"})
 
 
 def test_pair_encoding_can_be_chosen_per_task(tiny_checkpoint):

@@ -1,0 +1,205 @@
+"""Run folders are safe to share and hard to lose: run files never execute code, a finished
+run is never replaced by accident, one process trains in a folder at a time, and the CLI
+answers every expected failure with one line and exit code 2."""
+import json
+import os
+
+import pytest
+import torch
+
+from minbert import cli
+from minbert.config import build_config
+from minbert.runs import RunError, RunFolder, load_state
+from minbert.training import train
+
+from helpers import tiny_config_values, write_task_files
+
+
+class CodeOnLoad:
+    """A pickle that runs a shell command when unpickled, as a crafted run file would."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_checkpoint):
+    """A one-epoch tiny run (config.json, log.jsonl, checkpoint.pt, best.pt) and its values."""
+    root = tmp_path_factory.mktemp("finished")
+    (root / "data").mkdir()
+    write_task_files(root / "data")
+    values = tiny_config_values(root / "data", tiny_checkpoint, root / "run", epochs=1)
+    train(build_config(values))
+    return root / "run", values
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A private copy of the finished run, to tamper with."""
+    import shutil
+    source, values = finished_run
+    shutil.copytree(source, tmp_path / "run")
+    return tmp_path / "run", {**values, "run_dir": str(tmp_path / "run")}
+
+
+def cli_error(args, capsys) -> str:
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+# ---------------------------------------------------------------------- crafted files
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export", "train"])
+def test_a_crafted_best_pt_never_runs_code(run_copy, tmp_path, capsys, command):
+    run, values = run_copy
+    marker = tmp_path / "pwned"
+    torch.save({"model": CodeOnLoad(marker), "metrics": {}}, run / "best.pt")
+    if command == "train":  # a finished run reads best.pt for its metrics
+        with pytest.raises(RunError, match="best.pt: refused to load") as error:
+            train(build_config(values))
+        err = str(error.value)
+    else:
+        args = [command, str(run)] + ([str(tmp_path / "export")] if command == "export" else [])
+        err = cli_error(args, capsys)
+    assert f"{run / 'best.pt'}: refused to load" in err
+    assert not marker.exists()
+
+
+def test_a_crafted_checkpoint_pt_never_runs_code(run_copy, tmp_path):
+    run, values = run_copy
+    marker = tmp_path / "pwned"
+    torch.save({"model": CodeOnLoad(marker), "config": values}, run / "checkpoint.pt")
+    with pytest.raises(RunError, match="checkpoint.pt: refused to load"):
+        train(build_config(values))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"PK\x03\x04 truncated", "cannot be read; truncated, or not a minbert run file"),
+    (None, r"not a minbert run file \(no optimizer, config, epoch, rng\)"),
+])
+def test_a_truncated_or_foreign_checkpoint_is_named(run_copy, content, message):
+    run, values = run_copy
+    if content is None:  # a state dict of someone else's model: tensors, no run state
+        torch.save({"model": {"w": torch.zeros(2)}}, run / "checkpoint.pt")
+    else:
+        (run / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(RunError, match=message) as error:
+        train(build_config(values))
+    assert str(run / "checkpoint.pt") in str(error.value)
+
+
+def test_run_files_load_with_weights_only(finished_run):
+    run, _ = finished_run
+    for name in ("checkpoint.pt", "best.pt"):
+        torch.load(run / name, weights_only=True)  # raises if anything but data is inside
+    state = load_state(run / "checkpoint.pt", ("train_outputs",))
+    assert all(isinstance(t, torch.Tensor) for outputs in state["train_outputs"]
+               for preds, labels in outputs.values() for t in preds + labels)
+
+
+# ---------------------------------------------------------------------- nothing is lost
+def test_a_finished_run_without_its_checkpoint_is_not_overwritten(run_copy, capsys):
+    run, values = run_copy
+    (run / "checkpoint.pt").unlink()
+    before = {name: (run / name).read_bytes() for name in ("config.json", "log.jsonl",
+                                                           "best.pt")}
+    with pytest.raises(RunError, match="already holds a run .* --overwrite"):
+        train(build_config(values))
+    assert before == {name: (run / name).read_bytes() for name in before}
+
+
+def test_overwrite_replaces_the_run_on_purpose(run_copy, tmp_path):
+    run, values = run_copy
+    (run / "checkpoint.pt").unlink()
+    (run / "notes.txt").write_text("mine")
+    values = {**values, "train": {**values["train"], "lr": 5e-4}}  # another config, too
+    train(build_config(values), overwrite=True)
+    starts = [line for line in (run / "log.jsonl").read_text().splitlines()
+              if '"type": "start"' in line]
+    assert len(starts) == 1
+    assert json.loads((run / "config.json").read_text())["train"]["lr"] == 5e-4
+    assert (run / "notes.txt").read_text() == "mine"  # files the run did not write stay
+
+
+@pytest.mark.parametrize("inside", ["", "heads"])
+def test_export_refuses_to_write_into_its_run(run_copy, capsys, inside):
+    run, _ = run_copy
+    config = (run / "config.json").read_bytes()
+    err = cli_error(["export", str(run), str(run / inside)], capsys)
+    assert "is the run folder" in err and (run / "config.json").read_bytes() == config
+
+
+def test_predict_on_a_folder_that_is_not_a_run_creates_nothing(tmp_path, capsys):
+    err = cli_error(["predict", str(tmp_path)], capsys)
+    assert "config.json: not found" in err and not (tmp_path / "predictions").exists()
+
+
+def test_unwritable_outputs_are_found_before_the_model_loads(run_copy, capsys, monkeypatch):
+    run, _ = run_copy
+    import minbert.runs
+
+    def must_not_load(*args):
+        raise AssertionError("the model was loaded before the output was checked")
+    monkeypatch.setattr(minbert.runs, "load_run", must_not_load)
+    (run / "a-file").write_text("x")
+    err = cli_error(["predict", str(run), "--out", str(run / "a-file" / "out")], capsys)
+    assert "cannot create the output folder" in err
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: (
+        False if str(path) == str(run) else real_access(path, mode)))
+    err = cli_error(["evaluate", str(run)], capsys)  # root may write anywhere: pretend
+    assert f"{run}: the run folder is not writable" in err
+
+
+# ---------------------------------------------------------------------- one owner
+def test_a_second_process_is_refused_naming_the_first(tmp_path, run_copy):
+    run, values = run_copy
+    holder = RunFolder(run)
+    holder.lock()  # a separate open file: flock treats it as another owner
+    try:
+        with pytest.raises(RunError, match=rf"in use by PID {os.getpid()} on"):
+            train(build_config(values))
+    finally:
+        holder.unlock()
+    assert (run / "run.lock").read_text() == ""  # released cleanly
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_and_reported(run_copy, capsys):
+    run, values = run_copy
+    (run / "run.lock").write_text("PID 999999 on elsewhere\n")  # written, never released
+    (run / "checkpoint.pt.999999.tmp").write_bytes(b"half a checkpoint")
+    train(build_config(values))  # the run is finished: it only reads its best metrics
+    assert "taking over" in capsys.readouterr().err
+    assert not list(run.glob("*.tmp"))
+
+
+def test_the_lock_is_released_when_its_process_is_killed(tmp_path):
+    import subprocess
+    import sys
+    import time
+    script = ("import sys, time; from minbert.runs import RunFolder; "
+              "RunFolder(sys.argv[1]).lock(); print('locked', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(RunError, match=f"in use by PID {child.pid}"):
+            RunFolder(tmp_path).lock()
+    finally:
+        child.kill()
+        child.wait()
+    deadline = time.time() + 10
+    folder = RunFolder(tmp_path)
+    while True:  # the kernel drops the lock with the process
+        try:
+            folder.lock()
+            break
+        except RunError:
+            assert time.time() < deadline
+            time.sleep(0.1)
+    folder.unlock()
