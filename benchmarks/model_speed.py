@@ -58,7 +58,7 @@ def main():
 
     import transformers
     from minbert import BertModel
-    from minbert.checkpoints import resolve_checkpoint
+    from minbert.pretrained import resolve_checkpoint
 
     ours = BertModel.from_pretrained(args.model).to(args.device)
     theirs = transformers.BertModel.from_pretrained(

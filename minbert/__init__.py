@@ -1,5 +1,5 @@
 """minbert: a readable BERT and a multi-task fine-tuning toolkit built on it."""
-from minbert.checkpoints import OFFLINE_DEFAULT, CheckpointError
+from minbert.pretrained import OFFLINE_DEFAULT, CheckpointError
 from minbert.model import BertConfig, BertModel, ConfigError
 from minbert.tokenizer import Tokenizer
 

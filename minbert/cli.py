@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
-    from minbert.checkpoints import CheckpointError
+    from minbert.pretrained import CheckpointError
     from minbert.data import DataError
     from minbert.runs import RunError
     from minbert.training import TrainingError

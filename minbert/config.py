@@ -116,6 +116,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     smart: SmartConfig = field(default_factory=SmartConfig)
     tasks: dict = field(default_factory=dict)  # per-task overrides or new tasks
+    regularizers: dict = field(default_factory=dict)  # name -> its options (SMART: [smart])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,10 +125,7 @@ class RunConfig:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
              "smart": SmartConfig}
 DIVERGENCES = ("auto", "kl", "sym-kl", "squared")
-_CHOICES = {
-    "model.pair_encoding": ("cross", "bi"),
-    "model.pooling": ("mean", "cls", "pooler"),
-    "model.similarity_head": ("cosine", "concat"),
+_CHOICES = {  # the model's own choices are checked against minbert.multitask's lists
     "train.mode": ("full-model", "last-linear-layer"),
     "train.precision": ("fp32", "bf16"),
     "smart.norm": ("inf", "l2"),
@@ -260,17 +258,17 @@ def build_config(values: dict, source: str = "config") -> RunConfig:
             if not isinstance(value, str) or not value:
                 raise ConfigKeyError(f"{source}: run_dir must be a folder path, got {value!r}")
             config.run_dir = value
-        elif key == "tasks":
+        elif key in ("tasks", "regularizers"):
             if not isinstance(value, dict) or not all(isinstance(v, dict)
                                                       for v in value.values()):
-                raise ConfigKeyError(f"{source}: [tasks] must be a table of task tables, "
-                                     "e.g. [tasks.sst]")
-            config.tasks = value
+                raise ConfigKeyError(f"{source}: [{key}] must be a table of tables, e.g. "
+                                     f"[{key}.{'sst' if key == 'tasks' else 'name'}]")
+            setattr(config, key, value)
         elif key in _SECTIONS:
             _fill(getattr(config, key), value, key, source)
         else:
             raise ConfigKeyError(f"{source}: unknown key {key!r}; the top level takes run_dir, "
-                                 f"tasks, {', '.join(_SECTIONS)}")
+                                 f"tasks, regularizers, {', '.join(_SECTIONS)}")
     validate(config, source)
     return config
 
@@ -289,6 +287,12 @@ def _check_values(section, kind: str, source: str, where: str | None = None) -> 
 
 def validate(config: RunConfig, source: str = "config") -> None:
     """Every value, checked before anything heavy runs; errors name the key."""
+    from minbert.multitask import PAIR_ENCODINGS, POOLINGS, SIMILARITY_HEADS
+    for key, allowed in (("pair_encoding", PAIR_ENCODINGS), ("pooling", POOLINGS),
+                         ("similarity_head", SIMILARITY_HEADS)):
+        if getattr(config.model, key) not in allowed:
+            raise ConfigKeyError(f"{source}: model.{key} = {getattr(config.model, key)!r}; "
+                                 f"use one of {', '.join(allowed)}")
     for name in _SECTIONS:
         _check_values(getattr(config, name), name, source)
     if not _DEVICE.fullmatch(config.train.device):
@@ -299,32 +303,41 @@ def validate(config: RunConfig, source: str = "config") -> None:
         raise ConfigKeyError(f"{source}: data.tasks must list task names, got {names!r}")
     if len(set(names)) != len(names):
         raise ConfigKeyError(f"{source}: data.tasks lists a task twice: {names}")
-    _check_tasks(config, source)
-    _check_methods(config, source)
+    tasks = _check_tasks(config, source)
+    _check_methods(config, tasks, source)
     _check_smart(config, source)
 
 
-def _check_tasks(config: RunConfig, source: str) -> None:
+def _check_tasks(config: RunConfig, source: str) -> dict:
     from minbert.tasks import build_task  # the task registry answers for its kinds
     extra = sorted(set(config.tasks) - set(config.data.tasks))
     if extra:
         raise ConfigKeyError(f"{source}: [tasks.{extra[0]}] configures a task that is not in "
                              f"data.tasks {config.data.tasks}; add it there or remove the "
                              "table")
-    for name in config.data.tasks:
-        try:
-            build_task(name, dict(config.tasks.get(name, {})))
-        except ValueError as e:
-            raise ConfigKeyError(f"{source}: {e}") from None
+    try:
+        return {name: build_task(name, dict(config.tasks.get(name, {})))
+                for name in config.data.tasks}
+    except ValueError as e:
+        raise ConfigKeyError(f"{source}: {e}") from None
 
 
-def _check_methods(config: RunConfig, source: str) -> None:
+def _check_methods(config: RunConfig, tasks: dict, source: str) -> None:
+    """Builds each method the run names from its registry: name and options checked by
+    the method's own constructor."""
     from minbert.combiners import make_combiner
+    from minbert.regularizers import REGULARIZERS
     from minbert.samplers import make_sampler
     cfg = config.train
+    if "smart" in config.regularizers:
+        raise ConfigKeyError(f"{source}: SMART is configured in [smart] (enabled = true), "
+                             "not in [regularizers.smart]")
     try:
         make_sampler(cfg.sampler, cfg.temperature)
         make_combiner(cfg.combiner, seed=cfg.seed, **cfg.combiner_options)
+        for name, options in config.regularizers.items():
+            REGULARIZERS.build(name, options, f"regularizers.{name}", tasks=tasks,
+                               total_updates=1)
     except ValueError as e:
         raise ConfigKeyError(f"{source}: {e}") from None
 

@@ -179,11 +179,11 @@ class Batch:
 class EncodedTask:
     """A task split tokenised once: per example, one (ids, type_ids) per segment."""
 
-    def __init__(self, name: str, examples: Examples, tokenizer, cross_encode: bool):
+    def __init__(self, name: str, examples: Examples, tokenizer, cross_encoded: bool):
         self.name = name
         self.examples = examples
         self.pad_id = tokenizer.pad_id
-        if len(examples.texts) == 1 or cross_encode:
+        if len(examples.texts) == 1 or cross_encoded:
             self.segments = [tokenizer.encode_ids(*examples.texts)]
         else:
             self.segments = [tokenizer.encode_ids(column) for column in examples.texts]

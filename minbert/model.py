@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minbert.checkpoints import CheckpointError, load_state_dict, resolve_checkpoint
+from minbert.pretrained import CheckpointError, load_state_dict, resolve_checkpoint
 
 
 class ConfigError(ValueError):

@@ -68,7 +68,7 @@ class MultiTaskModel(nn.Module):
         self.encoder = encoder
         self.pair_encoding = pair_encoding
         self.pooling = pooling
-        self.cross_encoded = {name: task.cross_encoded(pair_encoding)
+        self.cross_encoded = {name: task.cross_encoded(pair_encoding)  # pairs one sequence?
                               for name, task in tasks.items()}
         hidden = encoder.config.hidden_size
         heads = {}
@@ -80,10 +80,6 @@ class MultiTaskModel(nn.Module):
             else:
                 heads[name] = ConcatPairHead(hidden, task.num_outputs, head_dropout)
         self.heads = nn.ModuleDict(heads)
-
-    def cross_encode(self, task: str) -> bool:
-        """Whether `task`'s pairs are one sequence (per-task choice, else the model's)."""
-        return self.cross_encoded[task]
 
     def embed(self, batch: Batch) -> list[torch.Tensor]:
         """Word embeddings of each segment, (batch, seq, hidden): what SMART perturbs."""

@@ -32,7 +32,6 @@ REPORT_TABLE_1 = [
     ("Cross-Encoding + PCGrad + SMART 1", 0.459, 0.821, 0.847),
     ("Cross-Encoding + PCGrad + SMART 2", 0.500, 0.825, 0.843),
 ]
-STS_BANDS = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5.01)]
 
 
 class ReportError(FileNotFoundError):
@@ -108,30 +107,37 @@ def per_class(labels, predictions, num_classes: int) -> dict:
                                           labels=classes).tolist()}
 
 
-def sst_near_misses(labels, predictions) -> dict:
-    """Share of errors one class away; accuracy with labels collapsed to 3 classes
-    (0-1 negative, 2 neutral, 3-4 positive) and to 2 (gold-neutral sentences dropped as in
-    SST-2; a neutral prediction counts as wrong)."""
+def near_misses(labels, predictions, num_classes: int) -> dict:
+    """For ordered classes: the share of errors one class away, and, on an odd scale,
+    accuracy with labels collapsed to 3 classes (below, at and above the middle: for SST
+    0-1 negative, 2 neutral, 3-4 positive) and to 2 (gold-middle examples dropped as in
+    SST-2; a middle prediction counts as wrong)."""
     labels, predictions = labels.astype(int), predictions.astype(int)
     errors = labels != predictions
-    three = np.array([0, 0, 1, 2, 2])
-    polar = labels != 2
-    return {
+    result = {
         "errors": int(errors.sum()),
         "one_class_away": float(np.mean(np.abs(labels - predictions)[errors] == 1))
         if errors.any() else 0.0,
-        "accuracy_5": float(np.mean(~errors)),
-        "accuracy_3": float(np.mean(three[labels] == three[predictions])),
-        "accuracy_2": float(np.mean(three[labels][polar] == three[predictions][polar])),
+        f"accuracy_{num_classes}": float(np.mean(~errors)),
     }
+    if num_classes % 2 == 1:
+        middle = num_classes // 2
+        three = np.sign(np.arange(num_classes) - middle) + 1  # 0 below, 1 middle, 2 above
+        polar = labels != middle
+        result["accuracy_3"] = float(np.mean(three[labels] == three[predictions]))
+        result["accuracy_2"] = float(np.mean(three[labels][polar] == three[predictions][polar]))
+    return result
 
 
-def sts_bands(labels, predictions) -> list[dict]:
+def error_bands(labels, predictions, low: float, high: float, count: int = 5) -> list[dict]:
+    """Mean absolute error and bias of predicted scores in equal bands of the gold range."""
     rows = []
-    for low, high in STS_BANDS:
-        inside = (labels >= low) & (labels < high)
+    edges = np.linspace(low, high, count + 1)
+    for number, (start, end) in enumerate(zip(edges[:-1], edges[1:])):
+        last = number == count - 1
+        inside = (labels >= start) & ((labels <= end) if last else (labels < end))
         error = predictions[inside] - labels[inside]
-        rows.append({"band": f"{low}-{min(high, 5):g}", "count": int(inside.sum()),
+        rows.append({"band": f"{start:g}-{end:g}", "count": int(inside.sum()),
                      "mae": float(np.abs(error).mean()) if inside.any() else float("nan"),
                      "bias": float(error.mean()) if inside.any() else float("nan")})
     return rows
@@ -195,6 +201,37 @@ def _figure_curves(run: RunData, path):
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------- analyses by name
+def _per_class(run, name, task, labels, predictions, folder, result):
+    result["per_class"][name] = per_class(labels, predictions, task.num_classes)
+
+
+def _near_misses(run, name, task, labels, predictions, folder, result):
+    result[f"{name}_near_misses"] = near_misses(labels, predictions, task.num_classes)
+
+
+def _bands(run, name, task, labels, predictions, folder, result):
+    result[f"{name}_bands"] = error_bands(labels, predictions, task.low, task.high)
+
+
+def _distribution(run, name, task, labels, predictions, folder, result):
+    figure = folder / f"{name}-distribution.png"
+    kind = "labels" if task.classes is not None else "scores"
+    _figure_distribution(labels, predictions, task.classes,
+                         f"{run.name}: {name} dev {kind} vs predictions", figure)
+    result["figures"].append(figure)
+
+
+def _scatter(run, name, task, labels, predictions, folder, result):
+    figure = folder / f"{name}-scatter.png"
+    _figure_scatter(labels, predictions, f"{run.name}: {name} dev", figure)
+    result["figures"].append(figure)
+
+
+ANALYSES = {"per_class": _per_class, "near_misses": _near_misses, "bands": _bands,
+            "distribution": _distribution, "scatter": _scatter}
+
+
 # ---------------------------------------------------------------------- the report
 def analyse_run(run: RunData, out: Path) -> dict:
     """Writes the run's figures under out/<run name>/ and returns its numbers."""
@@ -203,22 +240,8 @@ def analyse_run(run: RunData, out: Path) -> dict:
     result = {"name": run.name, "metrics": run_metrics(run), "per_class": {}, "figures": []}
     for name, task in run.tasks.items():
         labels, predictions = run.labels[name], run.predictions[name]
-        if task.metric_name == "accuracy":
-            result["per_class"][name] = per_class(labels, predictions, task.num_classes)
-            if task.num_classes == 5:
-                result["sst_near_misses"] = sst_near_misses(labels, predictions)
-                figure = folder / f"{name}-distribution.png"
-                _figure_distribution(labels, predictions, list(range(5)),
-                                     f"{run.name}: {name} dev labels vs predictions", figure)
-                result["figures"].append(figure)
-        elif task.metric_name == "pearson":
-            result[f"{name}_bands"] = sts_bands(labels, predictions)
-            figure = folder / f"{name}-distribution.png"
-            _figure_distribution(labels, predictions, None,
-                                 f"{run.name}: {name} dev scores vs predictions", figure)
-            scatter = folder / f"{name}-scatter.png"
-            _figure_scatter(labels, predictions, f"{run.name}: {name} dev", scatter)
-            result["figures"] += [figure, scatter]
+        for analysis in task.analyses:  # the task says which apply
+            ANALYSES[analysis](run, name, task, labels, predictions, folder, result)
     if run.epochs:
         curves = folder / "training-curves.png"
         _figure_curves(run, curves)
@@ -228,13 +251,16 @@ def analyse_run(run: RunData, out: Path) -> dict:
     return result
 
 
-def ablation_rows(results: list[dict]) -> list[list]:
-    tasks = ["sst", "quora", "sts"]
+BUILTIN_COLUMNS = ["sst", "quora", "sts"]  # the report's Table 1 is over these
+
+
+def ablation_rows(results: list[dict], tasks: list[str]) -> list[list]:
     rows = [[r["name"], *[r["metrics"].get(t, float("nan")) for t in tasks],
              r["metrics"]["overall"]] for r in results]
-    for name, sst, quora, sts in REPORT_TABLE_1:
-        rows.append([f"{name} (report, bert-base)", sst, quora, sts,
-                     (sst + quora + (sts + 1) / 2) / 3])
+    if tasks == BUILTIN_COLUMNS:
+        for name, sst, quora, sts in REPORT_TABLE_1:
+            rows.append([f"{name} (report, bert-base)", sst, quora, sts,
+                         (sst + quora + (sts + 1) / 2) / 3])
     return rows
 
 
@@ -247,8 +273,11 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
         for r in runs:
             r.name = f"{r.folder.parent.name}-{r.folder.name}"
     results = [analyse_run(r, out) for r in runs]
-    header = ["run", "sst_acc", "quora_acc", "sts_corr", "overall"]
-    rows = ablation_rows(results)
+    tasks = {}  # every run's tasks, in order of first appearance
+    for run in runs:
+        tasks.update({n: t for n, t in run.tasks.items() if n not in tasks})
+    header = ["run", *[f"{n}_{t.metric_abbreviation}" for n, t in tasks.items()], "overall"]
+    rows = ablation_rows(results, list(tasks))
     with open(out / "ablation.csv", "w", newline="", encoding="utf-8") as fp:
         writer = csv.writer(fp)
         writer.writerow(header)
@@ -293,10 +322,9 @@ def _html(results, header, rows) -> str:
             parts.append(f"<h3>{task}: confusion (rows gold, columns predicted)</h3>")
             parts.append(_table([""] + numbers["classes"],
                                 [[c] + row for c, row in enumerate(numbers["confusion"])]))
-        if "sst_near_misses" in result:
-            parts.append("<h3>sst: near misses</h3>")
-            parts.append(_table(["measure", "value"],
-                                [[k, v] for k, v in result["sst_near_misses"].items()]))
+        for key in [k for k in result if k.endswith("_near_misses")]:
+            parts.append(f"<h3>{key[:-len('_near_misses')]}: near misses</h3>")
+            parts.append(_table(["measure", "value"], [[k, v] for k, v in result[key].items()]))
         for key in [k for k in result if k.endswith("_bands")]:
             parts.append(f"<h3>{key[:-6]}: error by gold band</h3>")
             parts.append(_table(["band", "count", "mae", "bias"],

@@ -84,14 +84,15 @@ def build_model(config: RunConfig, tasks: dict[str, Task]) -> tuple[MultiTaskMod
     return model, tokenizer
 
 
-def encode_train(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer,
-                 model: MultiTaskModel) -> tuple[dict[str, EncodedTask], dict[str, int]]:
+def encode_train(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer
+                 ) -> tuple[dict[str, EncodedTask], dict[str, int]]:
     """Every task's training set, tokenised once; also how many examples each file gave."""
     train_sets, counts = {}, {}
     for name, task in tasks.items():
         examples, file_counts = task.read_train(config.data.dir, config.train.seed)
         counts.update(file_counts)
-        train_sets[name] = EncodedTask(name, examples, tokenizer, model.cross_encode(name))
+        train_sets[name] = EncodedTask(name, examples, tokenizer,
+                                       task.cross_encoded(config.model.pair_encoding))
     return train_sets, counts
 
 

@@ -10,15 +10,21 @@ from __future__ import annotations
 import numpy as np
 
 from minbert.data import EncodedTask
+from minbert.registry import Registry
+
+SAMPLERS = Registry("sampler", "train.sampler")
 
 
 class Sampler:
+    """A new sampler is a subclass registered with @SAMPLERS.register; a constructor
+    argument named `temperature` receives train.temperature."""
     name = ""
 
     def schedule(self, counts: dict[str, int], rng: np.random.Generator) -> list[list[str]]:
         raise NotImplementedError
 
 
+@SAMPLERS.register
 class SequentialSampler(Sampler):
     """Each task's whole epoch in turn (the CS224N skeleton's baseline)."""
     name = "sequential"
@@ -27,6 +33,7 @@ class SequentialSampler(Sampler):
         return [[task] for task, n in counts.items() for _ in range(n)]
 
 
+@SAMPLERS.register
 class RoundRobinSampler(Sampler):
     """Each step one batch of every task that still has data (the report's PCGrad loop)."""
     name = "round-robin"
@@ -36,6 +43,7 @@ class RoundRobinSampler(Sampler):
                 for step in range(max(counts.values()))]
 
 
+@SAMPLERS.register
 class ProportionalSampler(Sampler):
     """One batch a step, tasks drawn in proportion to their size: every batch once."""
     name = "proportional"
@@ -46,6 +54,7 @@ class ProportionalSampler(Sampler):
         return [[names[i]] for i in rng.permutation(order)]
 
 
+@SAMPLERS.register
 class TemperatureSampler(Sampler):
     """One batch a step, task t drawn with p ∝ n_t^(1/T) (MT-DNN, jiant). T = 1 is
     proportional, large T uniform; small tasks cycle, large ones are cut short."""
@@ -63,14 +72,8 @@ class TemperatureSampler(Sampler):
         return [[names[i]] for i in draws]
 
 
-SAMPLERS = {cls.name: cls for cls in (SequentialSampler, RoundRobinSampler,
-                                      ProportionalSampler, TemperatureSampler)}
-
-
 def make_sampler(name: str, temperature: float = 2.0) -> Sampler:
-    if name not in SAMPLERS:
-        raise ValueError(f"train.sampler = {name!r}; use one of {', '.join(sorted(SAMPLERS))}")
-    return TemperatureSampler(temperature) if name == "temperature" else SAMPLERS[name]()
+    return SAMPLERS.build(name, temperature=temperature)
 
 
 def plan_epoch(tasks: dict[str, EncodedTask], batch_size: int, sampler: Sampler, seed: int,

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer as _Backend
 from tokenizers import normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from minbert.checkpoints import CheckpointError, resolve_checkpoint
+from minbert.pretrained import CheckpointError, resolve_checkpoint
 
 
 class Tokenizer:

@@ -353,7 +353,7 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
     with owner:
         tasks = build_tasks(config)
         model, tokenizer = build_model(config, tasks)
-        train_sets, counts = encode_train(config, tasks, tokenizer, model)
+        train_sets, counts = encode_train(config, tasks, tokenizer)
         dev_sets = encode_split(config, tasks, tokenizer, "dev")
         try:
             return Trainer(config, tasks, model, train_sets, dev_sets, counts).fit()

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from minbert import cli
-from minbert.config import ConfigKeyError, build_config, load_config
+from minbert.config import ConfigKeyError, load_config
 
 
 @pytest.mark.parametrize("override, message", [
@@ -71,7 +71,7 @@ def test_a_declared_task_missing_its_columns_is_named():
     ("train.combiner='cagrad' train.combiner_options={c=-1}",
      r"train.combiner_options.c \(CAGrad's radius\) must be ≥ 0"),
     ("train.combiner='pcgrad' train.combiner_options={c=1}",
-     "train.combiner_options for 'pcgrad'"),
+     "train.combiner_options: pcgrad takes no option 'c'"),
     ("train.device='gpu'", "train.device = 'gpu'; use auto, cpu, cuda or cuda:N"),
     ("smart.overrides={nli={adversarial_weight=2}}", "smart.overrides.nli: no task 'nli'"),
     ("smart.overrides={sts={norm='foo'}}", "smart.overrides.sts.norm = 'foo'; use one of inf, l2"),
@@ -118,7 +118,7 @@ def test_a_device_this_machine_lacks_is_refused_before_any_work(tmp_path, capsys
 
 @pytest.mark.parametrize("text, message", [
     ('inherit = 5\n', "inherit = 5; give the file name of another config"),
-    ('[tasks]\nsst = 3\n', r"\[tasks\] must be a table of task tables"),
+    ('[tasks]\nsst = 3\n', r"\[tasks\] must be a table of tables, e.g. \[tasks.sst\]"),
     ('[train]\nlr = "fast"\n', "train.lr: expected float, got 'fast'"),
 ])
 def test_bad_config_files_name_the_file_and_key(tmp_path, text, message):

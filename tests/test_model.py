@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minbert import BertConfig, BertModel, CheckpointError, ConfigError, Tokenizer
-from minbert.checkpoints import minilm_folder
+from minbert.pretrained import minilm_folder
 
 transformers = pytest.importorskip("transformers")
 

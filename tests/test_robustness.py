@@ -16,6 +16,8 @@ from minbert.training import train
 
 from helpers import tiny_config_values, weights_equal, write_task_files
 
+pytestmark = pytest.mark.slow  # whole runs
+
 # Runs one training in a fresh process. KILL names where the process kills itself with
 # SIGKILL (nothing is flushed or cleaned up, as with `kill -9`), so the test can place the
 # kill at a chosen point instead of racing a timer.

@@ -178,6 +178,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_and_reported(run_copy, cap
     assert not list(run.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_the_lock_is_released_when_its_process_is_killed(tmp_path):
     import subprocess
     import sys

@@ -18,6 +18,7 @@ def task_dir(tmp_path):
     return write_task_files(tmp_path / "data")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pair_encoding", ["cross", "bi"])
 def test_tiny_model_overfits_a_handful_of_examples_per_task(task_dir, tiny_checkpoint, tmp_path,
                                                             pair_encoding):
@@ -34,6 +35,7 @@ def _final_weights(run_dir):
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["round-robin", "temperature"])
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
         task_dir, tiny_checkpoint, tmp_path, sampler):
@@ -67,6 +69,7 @@ def test_a_nan_loss_stops_with_a_clear_message(task_dir, tiny_checkpoint, tmp_pa
         train(build_config(values))
 
 
+@pytest.mark.slow
 def test_cli_trains_evaluates_and_predicts_on_a_slice_of_the_shared_data(
         data_dir, tiny_checkpoint, tmp_path, capsys):
     run = tmp_path / "run"
@@ -87,6 +90,7 @@ def test_cli_trains_evaluates_and_predicts_on_a_slice_of_the_shared_data(
     assert "skip quora test" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("combiner,precision", [("pcgrad", "fp32"), ("cagrad", "fp32"),
                                                 ("pcgrad", "bf16")])
 def test_surgery_with_smart_trains_and_its_teacher_is_checkpointed(task_dir, tiny_checkpoint,
@@ -103,6 +107,7 @@ def test_surgery_with_smart_trains_and_its_teacher_is_checkpointed(task_dir, tin
     assert state["regularizers"][0]["updates"] == state["updates"]
 
 
+@pytest.mark.slow
 def test_a_task_declared_in_the_config_trains_without_code(task_dir, tiny_checkpoint, tmp_path):
     values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", epochs=15,
                                 lr=2e-3, head_lr=5e-3)
@@ -122,8 +127,8 @@ def test_pair_encoding_can_be_chosen_per_task(tiny_checkpoint):
     tasks = {"quora": build_task("quora", {}), "sts": build_task("sts", {"pair_encoding": "bi"}),
              "sst": build_task("sst", {})}
     model = MultiTaskModel(BertModel.from_pretrained(tiny_checkpoint), tasks, "cross")
-    assert model.cross_encode("quora") and not model.cross_encode("sts")
-    assert not model.cross_encode("sst")  # a single sentence is never a pair
+    assert model.cross_encoded["quora"] and not model.cross_encoded["sts"]
+    assert not model.cross_encoded["sst"]  # a single sentence is never a pair
     assert isinstance(model.heads["quora"], LinearHead)
     assert isinstance(model.heads["sts"], CosinePairHead)
     tasks["quora"] = build_task("quora", {"pair_encoding": "bi"})

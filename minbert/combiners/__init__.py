@@ -1,9 +1,21 @@
 """Gradient-combining methods: given one step's per-task losses, set the gradients the
 optimizer applies. The trainer calls `combiner.backward(losses, model)` and never knows
-which method it is; a new method is one module here, registered by name."""
+which method it is; a new method is one module here, registered by name:
+
+    @COMBINERS.register
+    class MyMethod(Combiner):
+        name = "mine"
+        def __init__(self, strength: float = 1.0, seed: int = 0): ...   # options; seed if random
+        def backward(self, losses, model): ...
+
+and imported below. `train.combiner = "mine"` and `train.combiner_options = {strength = 2}`
+then select it; the config is checked against the constructor's signature.
+"""
 from __future__ import annotations
 
 import torch
+
+from minbert.registry import Registry
 
 
 class Combiner:
@@ -20,22 +32,11 @@ class Combiner:
         pass
 
 
-COMBINERS: dict[str, type[Combiner]] = {}
-
-
-def register(cls: type[Combiner]) -> type[Combiner]:
-    COMBINERS[cls.name] = cls
-    return cls
+COMBINERS = Registry("combiner", "train.combiner")
 
 
 def make_combiner(name: str, seed: int = 0, **options) -> Combiner:
-    if name not in COMBINERS:
-        raise ValueError(f"train.combiner = {name!r}; use one of {', '.join(sorted(COMBINERS))}")
-    try:
-        return COMBINERS[name](seed=seed, **options)
-    except TypeError as e:
-        raise ValueError(f"train.combiner_options for {name!r}: {e}") from None
+    return COMBINERS.build(name, options, "train.combiner_options", seed=seed)
 
 
-from minbert.combiners import cagrad, pcgrad  # noqa: E402,F401  (registers the built-ins)
-from minbert.combiners import sum as _sum  # noqa: E402,F401
+from minbert.combiners import cagrad, pcgrad, plain  # noqa: E402,F401  (registers the built-ins)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from scipy.optimize import minimize
 
-from minbert.combiners import register
-from minbert.combiners.gradients import GramCombiner
+from minbert.combiners import COMBINERS
+from minbert.combiners.gram import GramCombiner
 
 
 def cagrad_weights(gram: np.ndarray, c: float) -> np.ndarray:
@@ -48,12 +48,12 @@ def cagrad_weights(gram: np.ndarray, c: float) -> np.ndarray:
     return (mean + step * w) / (1.0 + c ** 2)
 
 
-@register
+@COMBINERS.register
 class CAGrad(GramCombiner):
     name = "cagrad"
 
-    def __init__(self, seed: int = 0, c: float = 0.4):
-        if c < 0:
+    def __init__(self, c: float = 0.4):
+        if not isinstance(c, (int, float)) or isinstance(c, bool) or not c >= 0:
             raise ValueError(f"train.combiner_options.c (CAGrad's radius) must be ≥ 0, got {c}")
         self.c = c
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from minbert.combiners import register
-from minbert.combiners.gradients import GramCombiner
+from minbert.combiners import COMBINERS
+from minbert.combiners.gram import GramCombiner
 
 
 def pcgrad_coefficients(gram: torch.Tensor, orders: list[list[int]]) -> torch.Tensor:
@@ -28,7 +28,7 @@ def pcgrad_coefficients(gram: torch.Tensor, orders: list[list[int]]) -> torch.Te
     return coefficients
 
 
-@register
+@COMBINERS.register
 class PCGrad(GramCombiner):
     name = "pcgrad"
 

@@ -1,12 +1,24 @@
 """Regularisers: extra loss terms for a task's batch (SMART lives here). The trainer calls
 `regularizer(model, task, batch, logits)` for each task's batch, adds the result to that
-task's loss, and calls `after_step(model)` after each optimizer update."""
+task's loss, and calls `after_step(model)` after each optimizer update.
+
+A new regulariser is one module: a subclass registered with `@REGULARIZERS.register`,
+whose constructor arguments are its options (and, by name, `tasks` and `total_updates`
+if it needs them), imported below. A run switches it on with a table
+`[regularizers.NAME]` holding its options; SMART keeps its own `[smart]` section.
+"""
 from __future__ import annotations
 
 import torch
 
+from minbert.registry import Registry
+
+REGULARIZERS = Registry("regulariser", "regularizers")
+
 
 class Regularizer:
+    name = ""
+
     def __call__(self, model, task, batch, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -22,8 +34,13 @@ class Regularizer:
 
 def build_regularizers(config, tasks, total_updates: int) -> list[Regularizer]:
     """The regularisers a run config switches on, in the order their terms are added."""
-    regularizers = []
+    context = {"tasks": tasks, "total_updates": total_updates}
+    built = []
     if config.smart.enabled:
-        from minbert.regularizers.smart import Smart
-        regularizers.append(Smart(config.smart, total_updates))
-    return regularizers
+        built.append(REGULARIZERS.build("smart", {"settings": config.smart}, **context))
+    for name, options in config.regularizers.items():
+        built.append(REGULARIZERS.build(name, options, f"regularizers.{name}", **context))
+    return built
+
+
+from minbert.regularizers import smart  # noqa: E402,F401  (registers the built-in)

@@ -29,7 +29,7 @@ import copy
 import torch
 
 from minbert.config import SmartConfig
-from minbert.regularizers import Regularizer
+from minbert.regularizers import REGULARIZERS, Regularizer
 
 
 def _per_token_norm(x: torch.Tensor, norm: str) -> torch.Tensor:
@@ -77,9 +77,11 @@ def _reduced_precision(device_type: str) -> bool:
             or torch.get_float32_matmul_precision() != "highest")
 
 
+@REGULARIZERS.register
 class Smart(Regularizer):
     """The SMART terms of `settings` (a run's `[smart]` section, per-task overrides
     included); `total_updates` sets the teacher's warm phase."""
+    name = "smart"
 
     def __init__(self, settings: SmartConfig, total_updates: int = 1):
         self.settings = settings

@@ -15,15 +15,12 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from minbert.tasks.base import Task
+from minbert.tasks.base import KINDS, Task
 from minbert.tasks.classification import ClassificationTask
 from minbert.tasks.regression import RegressionTask
 
-KINDS: dict[str, type[Task]] = {"classification": ClassificationTask,
-                                "regression": RegressionTask}
-
 BUILTIN: dict[str, dict] = {
-    "sst": dict(kind="classification", num_classes=5, text_columns=["sentence"],
+    "sst": dict(kind="classification", num_classes=5, ordinal=True, text_columns=["sentence"],
                 label_column="sentiment", train_files=["ids-sst-train.csv"],
                 dev_file="ids-sst-dev.csv", test_file="ids-sst-test-student.csv",
                 output_prefix="sst", prediction_header="Predicted_Sentiment"),
@@ -44,12 +41,13 @@ def build_task(name: str, spec: dict) -> Task:
     Errors name the task and the key, for config files."""
     spec = {**BUILTIN.get(name, {}), **spec}
     kind = spec.pop("kind", None)
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise ValueError(f"tasks.{name}.kind: {kind!r} is not a task kind; use one of "
-                         f"{sorted(KINDS)}" if kind else
-                         f"tasks.{name}: not a built-in task ({', '.join(BUILTIN)}), so it "
+    if kind is None:
+        raise ValueError(f"tasks.{name}: not a built-in task ({', '.join(BUILTIN)}), so it "
                          f"needs kind, text_columns, label_column and its files")
-    cls = KINDS[kind]
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(f"tasks.{name}.kind = {kind!r}; use one of "
+                         f"{', '.join(KINDS.names())}")
+    cls = KINDS.get(kind)
     known = {f.name for f in fields(cls)} - {"name"}
     unknown = sorted(set(spec) - known)
     if unknown:

@@ -10,6 +10,10 @@ import numpy as np
 import torch
 
 from minbert.data import Examples, read_examples, subsample_indices
+from minbert.registry import Registry
+
+# task kinds by their `kind`; a kind's options are its dataclass fields
+KINDS = Registry("task kind", "tasks.NAME.kind", attribute="kind")
 
 
 @dataclass
@@ -26,9 +30,21 @@ class Task:
     subsample: float | None = None  # keep a fraction (< 1) or a count (≥ 1) of training data
     pair_encoding: str | None = None  # "cross" | "bi" for this pair task; None: model.pair_encoding
 
+    kind = ""                    # the name a config gives: kind = "classification"
     metric_name = "metric"
+    metric_abbreviation = ""     # its column in ablation tables: sst_acc, sts_corr
     smart_divergence = "sym-kl"  # SMART's divergence when a run leaves it on "auto"
     cosine_pair_head = False     # may a bi-encoded pair be scored by cosine similarity?
+
+    @property
+    def classes(self) -> list[int] | None:
+        """The label values of a classification task; None for scores."""
+        return None
+
+    @property
+    def analyses(self) -> tuple[str, ...]:
+        """The report's analyses of this task's dev predictions (names in reports.py)."""
+        return ()
 
     def check(self) -> None:
         """Raises ValueError naming the key when a declared value cannot work."""

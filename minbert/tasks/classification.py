@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minbert.tasks.base import Task
+from minbert.tasks.base import KINDS, Task
 
 
 def _kl_categorical(p_logits, q_logits):
@@ -26,10 +26,22 @@ def _kl_bernoulli(p_logit, q_logit):
             + (1 - p) * (F.logsigmoid(-p_logit) - F.logsigmoid(-q_logit)))
 
 
+@KINDS.register
 @dataclass
 class ClassificationTask(Task):
+    kind = "classification"
     num_classes: int = 2
+    ordinal: bool = False  # ordered classes (SST's 0-4 sentiment): near misses are reported
     metric_name = "accuracy"
+    metric_abbreviation = "acc"
+
+    @property
+    def classes(self):
+        return list(range(self.num_classes))
+
+    @property
+    def analyses(self):
+        return ("per_class",) + (("near_misses", "distribution") if self.ordinal else ())
 
     @property
     def binary(self) -> bool:
@@ -45,6 +57,8 @@ class ClassificationTask(Task):
                 or self.num_classes < 2):
             raise ValueError(f"tasks.{self.name}.num_classes: an integer ≥ 2, got "
                              f"{self.num_classes!r}")
+        if not isinstance(self.ordinal, bool):
+            raise ValueError(f"tasks.{self.name}.ordinal: true or false, got {self.ordinal!r}")
 
     def parse_label(self, raw: str) -> float:
         value = float(raw)

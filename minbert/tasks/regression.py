@@ -10,14 +10,18 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import pearsonr
 
-from minbert.tasks.base import Task
+from minbert.tasks.base import KINDS, Task
 
 
+@KINDS.register
 @dataclass
 class RegressionTask(Task):
+    kind = "regression"
     low: float = 0.0
     high: float = 5.0
     metric_name = "pearson"
+    metric_abbreviation = "corr"
+    analyses = ("bands", "distribution", "scatter")
     smart_divergence = "squared"
     cosine_pair_head = True
 
