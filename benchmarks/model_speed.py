@@ -1,7 +1,9 @@
 """Inference and training-step throughput of minbert's BertModel against transformers.BertModel.
 
 Same weights (MiniLM-L6 by default), same batch, same lengths, same process; prints
-sequences/s for both and the ratio ours / theirs. CPU unless --device says otherwise.
+sequences/s for both and the ratio ours / theirs, in fp32 and under bf16 autocast (fp32
+weights, as training runs it), then bf16 against fp32 for ours. CPU unless --device says
+otherwise.
 
     python benchmarks/model_speed.py [--model minilm-l6] [--batch 32] [--seq 64] [--steps 10]
 """
@@ -25,19 +27,23 @@ def first_output(out):
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
 
-def throughput(model, batch, steps: int, train: bool) -> float:
-    """Sequences per second over `steps` timed calls after two warm-up calls."""
+def throughput(model, batch, steps: int, train: bool, dtype=None) -> float:
+    """Sequences per second over `steps` timed calls after two warm-up calls; `dtype`
+    bf16 runs the forward under autocast."""
     model.train(train)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5) if train else None
+    device = next(model.parameters()).device.type
 
     def step():
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            if train:
+                first_output(model(**batch)).float().pow(2).mean().backward()
+            else:
+                with torch.inference_mode():
+                    model(**batch)
         if train:
-            first_output(model(**batch)).float().pow(2).mean().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        else:
-            with torch.inference_mode():
-                model(**batch)
 
     for _ in range(2):
         step()
@@ -71,14 +77,21 @@ def main():
           f"threads {torch.get_num_threads()}, device {args.device}")
     print(f"model {args.model}, batch {args.batch}, max length {args.seq} (lengths vary), "
           f"{args.steps} timed steps\n")
-    print(f"{'mode':<10}{'minbert seq/s':>15}{'HF seq/s':>12}{'ratio':>8}")
+    print(f"{'mode':<10}{'precision':<10}{'minbert seq/s':>15}{'HF seq/s':>12}{'ratio':>8}")
+    ours_by_precision = {}
     for mode, train in (("inference", False), ("training", True)):
-        # interleave the two so that thermal or background drift hits both alike
-        mine, ref = [], []
-        for _ in range(2):
-            mine.append(throughput(ours, batch, args.steps, train))
-            ref.append(throughput(theirs, batch, args.steps, train))
-        print(f"{mode:<10}{max(mine):>15.1f}{max(ref):>12.1f}{max(mine) / max(ref):>7.2f}x")
+        for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            # interleave the two so that thermal or background drift hits both alike
+            mine, ref = [], []
+            for _ in range(2):
+                mine.append(throughput(ours, batch, args.steps, train, dtype))
+                ref.append(throughput(theirs, batch, args.steps, train, dtype))
+            ours_by_precision[mode, precision] = max(mine)
+            print(f"{mode:<10}{precision:<10}{max(mine):>15.1f}{max(ref):>12.1f}"
+                  f"{max(mine) / max(ref):>7.2f}x")
+    for mode in ("inference", "training"):
+        ratio = ours_by_precision[mode, "bf16"] / ours_by_precision[mode, "fp32"]
+        print(f"minbert {mode}: bf16 / fp32 = {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -29,17 +29,29 @@ def cmd_train(args):
     return 0
 
 
+def _placement(args, config):
+    """The device and autocast dtype of evaluate/predict: the flags, else the run's."""
+    from minbert.runs import resolve_device, resolve_precision
+    device = resolve_device(args.device or config.train.device,
+                            "--device" if args.device else "train.device")
+    autocast, precision = resolve_precision(args.precision or config.train.precision, device)
+    print(f"device {device}, precision {precision}", file=sys.stderr)
+    return device, autocast
+
+
 def cmd_evaluate(args):
     from minbert.evaluation import evaluate, format_table
     from minbert.runs import (check_run_folder, encode_split, load_run, resolve_device,
                               writable_folder, write_text_atomic)
     folder = writable_folder(check_run_folder(args.run_dir).path, "run")
-    device = resolve_device(args.device, "--device") if args.device else None
+    if args.device:  # a device this machine lacks fails before the model loads
+        resolve_device(args.device, "--device")
     run = load_run(folder)
-    device = device or resolve_device(run.config.train.device)
+    device, autocast = _placement(args, run.config)
     run.model.to(device)
     dev = encode_split(run.config, run.tasks, run.tokenizer, "dev")
-    metrics, _ = evaluate(run.model, run.tasks, dev, run.config.data.eval_batch_size, device)
+    metrics, _ = evaluate(run.model, run.tasks, dev, run.config.data.eval_batch_size, device,
+                          autocast)
     print(format_table(metrics, run.tasks))
     write_text_atomic(folder / "dev-metrics.json", json.dumps(metrics, indent=2) + "\n")
     return 0
@@ -51,10 +63,11 @@ def cmd_predict(args):
                               writable_folder)
     folder = check_run_folder(args.run_dir)
     out = writable_folder(args.out or folder.predictions, "output")
-    device = resolve_device(args.device, "--device") if args.device else None
+    if args.device:
+        resolve_device(args.device, "--device")
     run = load_run(folder.path)
     config, tasks = run.config, run.tasks
-    device = device or resolve_device(config.train.device)
+    device, autocast = _placement(args, config)
     run.model.to(device)
     config.data.dev_limit = 0  # leaderboard files cover the whole split
     for split in args.splits:
@@ -65,7 +78,8 @@ def cmd_predict(args):
                 continue
             data = encode_split(config, {name: task}, run.tokenizer, split,
                                 labelled=split == "dev")[name]
-            predictions = predict(run.model, task, data, config.data.eval_batch_size, device)
+            predictions = predict(run.model, task, data, config.data.eval_batch_size, device,
+                                  autocast)
             path = out / f"{task.output_prefix}-{split}-output.csv"
             write_predictions(path, task, data.examples.ids, predictions)
             print(f"wrote {path} ({len(predictions)} rows)")
@@ -121,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("run_dir", help="a run folder written by `minbert train`")
         p.add_argument("--device", help="cpu, cuda, ... (default: the run's)")
+        p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                       help="autocast precision (default: the run's train.precision)")
         if name == "predict":
             p.add_argument("--out", help="output folder (default RUN_DIR/predictions)")
             p.add_argument("--splits", nargs="+", default=["dev", "test"],

@@ -18,10 +18,11 @@ def overall_score(metrics: dict[str, float], tasks: dict[str, Task]) -> float:
     return float(np.mean(parts))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(model, task: Task, data: EncodedTask, batch_size: int, device,
             autocast_dtype=None) -> np.ndarray:
-    """Predictions in label units for every example of `data`, in file order."""
+    """Predictions in label units for every example of `data`, in file order; batches are
+    sorted by length (little padding) and run under `autocast_dtype` (None: fp32)."""
     was_training = model.training
     model.eval()
     out = torch.zeros(len(data), dtype=torch.float64)

@@ -27,8 +27,8 @@ from minbert.evaluation import evaluate, format_table, overall_score, write_pred
 from minbert.multitask import MultiTaskModel
 from minbert.regularizers import build_regularizers
 from minbert.runs import (RunError, RunFolder, build_model, build_tasks, config_changes,
-                          encode_split, encode_train, load_state, resolve_device, save_state,
-                          write_text_atomic)
+                          encode_split, encode_train, load_state, resolve_device,
+                          resolve_precision, save_state, write_text_atomic)
 from minbert.samplers import make_sampler, plan_epoch
 from minbert.tasks import Task
 
@@ -63,7 +63,7 @@ class Trainer:
         self.folder = RunFolder(config.run_dir)
         self.run_dir = self.folder.path
         self.device = resolve_device(config.train.device)
-        self.autocast = torch.bfloat16 if config.train.precision == "bf16" else None
+        self.autocast, self.precision = resolve_precision(config.train.precision, self.device)
         cfg = config.train
         distributed.init_from_env(self.device)
         self.main = distributed.is_main()  # only rank 0 writes the run folder
@@ -125,7 +125,10 @@ class Trainer:
             self.log({"type": "start", "train_examples": {n: len(d) for n, d in
                                                          self.train_sets.items()},
                       "train_files": self.file_counts, "steps_per_epoch": self.steps_per_epoch,
-                      "total_updates": self.total_updates})
+                      "total_updates": self.total_updates, "device": str(self.device),
+                      "precision": self.precision})
+        if self.main:
+            tqdm.write(f"device {self.device}, precision {self.precision}")
         self.model.train()
         while self.epoch < cfg.epochs:
             steps = self._plan(self.epoch)
@@ -336,7 +339,8 @@ class Trainer:
         if self.main:
             tqdm.write(f"resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
                        f"{self.updates} updates done")
-        self.log({"type": "resume", "epoch": self.epoch + 1, "step": self.step})
+        self.log({"type": "resume", "epoch": self.epoch + 1, "step": self.step,
+                  "device": str(self.device), "precision": self.precision})
         return True
 
 

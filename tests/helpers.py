@@ -35,7 +35,8 @@ def write_task_files(folder, repeat: int = 1):
 
 
 def tiny_config_values(folder, checkpoint, run_dir, **train):
-    """A run config over the fixture files and the tiny checkpoint."""
+    """A run config over the fixture files and the tiny checkpoint, in fp32 (exact maths:
+    sharded and whole batches, resumed and uninterrupted runs must agree)."""
     tasks = {
         "sst": {"train_files": ["sst-train.csv"], "dev_file": "sst-dev.csv",
                 "test_file": "sst-test.csv"},
@@ -46,7 +47,8 @@ def tiny_config_values(folder, checkpoint, run_dir, **train):
     return {"run_dir": str(run_dir), "tasks": tasks,
             "model": {"checkpoint": str(checkpoint), "max_length": 32},
             "data": {"dir": str(folder), "batch_size": 4, "eval_batch_size": 8},
-            "train": {"epochs": 2, "lr": 1e-3, "warmup": 0.0, "log_every": 1, **train}}
+            "train": {"epochs": 2, "lr": 1e-3, "warmup": 0.0, "log_every": 1, "precision": "fp32",
+                      **train}}
 
 
 def weights_equal(a: dict, b: dict) -> bool:
