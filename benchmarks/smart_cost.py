@@ -1,11 +1,17 @@
 """Cost of a SMART training step against a plain step, same model and batch, one run.
 
-Prints the time of each (and of SMART with only its adversarial or only its proximal term),
-their ratios, and the share of the full SMART step spent in each pass:
+Prints the mean time of each (and of SMART with only its adversarial or only its proximal
+term, and of its cheaper settings: a share of the batch, every k-th batch, R3F's noise
+without ascent, R-Drop), their ratios, and the share of the full SMART step spent in each
+pass:
 the clean forward, the K inner ascent passes (forward + backward w.r.t. δ), the final
 adversarial forward, the teacher forward, the backward and the optimizer step.
 
-    python benchmarks/smart_cost.py [--task sst] [--batch 32] [--steps 5] [--K 1]
+    python benchmarks/smart_cost.py [--task sst] [--batch 32] [--steps 8] [--K 1]
+                                    [--precision auto|fp32|bf16]
+
+The step (task loss, teacher, proximal term) runs in --precision (auto: bf16 on a CPU
+with avx512_bf16, as training does); SMART's adversarial passes always run in fp32.
 """
 import argparse
 import time
@@ -15,26 +21,34 @@ import torch
 from _common import model_and_batches
 from minbert.config import SmartConfig
 from minbert.regularizers.smart import Smart
+from minbert.runs import resolve_precision
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="quora")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8, help="a multiple of 4 (every-4th)")
     parser.add_argument("--K", type=int, default=1)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
     config, tasks, model, batches = model_and_batches(per_task=args.batch)
     task, batch = tasks[args.task], batches[args.task]
+    dtype, precision = resolve_precision(args.precision, torch.device("cpu"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    variants = {  # name: (λs, μ)
-        "SMART (adversarial + proximal)": (1.0, 1.0),
-        "adversarial term only (μ = 0)": (1.0, 0.0),
-        "proximal term only (λs = 0)": (0.0, 1.0),
+    variants = {  # name: SMART settings
+        "SMART (adversarial + proximal)": {},
+        "adversarial term only (μ = 0)": {"proximal_weight": 0.0},
+        "proximal term only (λs = 0)": {"adversarial_weight": 0.0},
+        "SMART, adversarial_share 0.25": {"adversarial_share": 0.25},
+        "SMART, adversarial_every 4": {"adversarial_every": 4},
+        "SMART, R3F (adversarial_steps 0)": {"adversarial_steps": 0},
+        "R-Drop (2 dropout passes only)": {"adversarial_steps": 0, "noise_std": 0.0,
+                                           "detach_target": False, "proximal_weight": 0.0},
     }
-    smarts = {name: Smart(SmartConfig(adversarial_steps=args.K, adversarial_weight=ls,
-                                        proximal_weight=mu), total_updates=1000)
-              for name, (ls, mu) in variants.items()}
+    smarts = {name: Smart(SmartConfig(**{"adversarial_steps": args.K, **settings}),
+                          total_updates=1000)
+              for name, settings in variants.items()}
     full = smarts["SMART (adversarial + proximal)"]
     # time the passes separately by wrapping the full regulariser's two parts
     timings = {}
@@ -52,11 +66,12 @@ def main():
 
     def step(smart):
         start = time.perf_counter()
-        logits = model(batch)
-        loss = task.loss(logits, batch.labels)
-        t_forward = time.perf_counter()
-        if smart is not None:
-            loss = loss + smart(model, task, batch, logits)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            logits = model(batch).float()
+            loss = task.loss(logits, batch.labels)
+            t_forward = time.perf_counter()
+            if smart is not None:
+                loss = loss + smart(model, task, batch, logits)
         t_reg = time.perf_counter()
         loss.backward()
         t_backward = time.perf_counter()
@@ -80,11 +95,12 @@ def main():
             if smart is full:
                 for k, v in result.items():
                     parts[k] = parts.get(k, 0.0) + v
-    best = {name: min(values) for name, values in times.items()}
+    mean = {name: sum(values) / len(values) for name, values in times.items()}
     print(f"task {args.task}, batch {args.batch}, K = {args.K}, {config.model.checkpoint}, "
-          f"{torch.get_num_threads()} threads, best of {args.steps}")
-    for name, value in best.items():
-        print(f"{name:<34}{value * 1000:8.1f} ms   ratio {value / best['plain']:.2f}x")
+          f"{torch.get_num_threads()} threads, step precision {precision}, "
+          f"mean of {args.steps}")
+    for name, value in mean.items():
+        print(f"{name:<34}{value * 1000:8.1f} ms   ratio {value / mean['plain']:.2f}x")
     total = sum(parts.values())
     print("\nshare of the full SMART step:")
     for name in ("clean forward",):
@@ -93,7 +109,7 @@ def main():
         print(f"  {name:<40}{value / total:>6.1%}")
     for name in ("backward", "optimizer step"):
         print(f"  {name:<40}{parts[name] / total:>6.1%}")
-    floor(model, task, batch, full, optimizer, args.steps, best["plain"])
+    floor(model, task, batch, full, optimizer, args.steps, mean["plain"])
 
 
 def floor(model, task, batch, smart, optimizer, steps, plain):

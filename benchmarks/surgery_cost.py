@@ -1,4 +1,4 @@
-"""Step time and peak memory of gradient surgery (pcgrad, cagrad) against `sum`, three tasks.
+"""Step time and peak memory of gradient combining (pcgrad, cagrad, famo) against `sum`, 3 tasks.
 
 Each method runs in its own process so that its peak resident memory is its own. Prints
 time per step, overhead over `sum` (whose one backward covers the three tasks' graphs, as
@@ -19,7 +19,7 @@ def measure(method: str, batch: int, steps: int, queue):
     from _common import model_and_batches
     from minbert.combiners import make_combiner
     config, tasks, model, batches = model_and_batches(per_task=batch)
-    combiner = make_combiner(method, seed=0)
+    combiner = make_combiner(method, seed=0, tasks=tuple(tasks))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     times = []
     for i in range(steps + 1):
@@ -42,7 +42,7 @@ def main():
     args = parser.parse_args()
     context = mp.get_context("spawn")
     results = {}
-    for method in ("sum", "pcgrad", "cagrad"):
+    for method in ("sum", "pcgrad", "cagrad", "famo"):
         queue = context.Queue()
         process = context.Process(target=measure, args=(method, args.batch, args.steps, queue))
         process.start()

@@ -1,5 +1,5 @@
-"""`minbert train | evaluate | predict | report | export | data`: each reads a TOML config
-(or a run folder's saved one); `section.key=value` arguments override it."""
+"""`minbert train | evaluate | predict | report | compare | export | data`: each reads a
+TOML config (or a run folder's saved one); `section.key=value` arguments override it."""
 from __future__ import annotations
 
 import argparse
@@ -93,6 +93,13 @@ def cmd_report(args):
     return 0
 
 
+def cmd_compare(args):
+    from minbert.compare import compare_runs, format_differences
+    rows = compare_runs(args.run_a, args.run_b, args.resamples, args.seed)
+    print(format_differences(rows, args.run_a, args.run_b, args.resamples))
+    return 0
+
+
 def cmd_export(args):
     from minbert.export import check_export_target, export_run
     from minbert.runs import check_run_folder, load_run
@@ -146,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", help="run folders written by `minbert train`")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("compare", help="two runs' dev differences with paired-bootstrap "
+                                       "95%% intervals")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--resamples", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("export", help="the fine-tuned encoder as an HF-format folder + heads")
     p.add_argument("run_dir")
     p.add_argument("out")
@@ -168,13 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
-    from minbert.pretrained import CheckpointError
+    from minbert.compare import CompareError
     from minbert.data import DataError
+    from minbert.pretrained import CheckpointError
     from minbert.runs import RunError
     from minbert.training import TrainingError
     try:
         return args.func(args)
-    except (ConfigKeyError, DataError, CheckpointError, RunError, TrainingError,
+    except (ConfigKeyError, DataError, CheckpointError, CompareError, RunError, TrainingError,
             FileNotFoundError, ValueError) as e:
         print(f"minbert {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -72,7 +72,7 @@ class TrainConfig:
 
 @dataclass
 class SmartConfig:
-    """SMART (Jiang et al. 2020). The per-step settings (λs to adversarial_dropout) may be
+    """SMART (Jiang et al. 2020). The per-step settings (λs to detach_target) may be
     changed per task in `overrides`; the teacher and task list are the run's."""
     enabled: bool = False
     adversarial_weight: float = 1.0  # λs
@@ -86,6 +86,9 @@ class SmartConfig:
     final_divergence: str = "auto"
     proximal_divergence: str = "auto"
     adversarial_dropout: bool = True
+    adversarial_share: float = 1.0   # the term on this seeded share of each batch (unbiased)
+    adversarial_every: int = 1       # the term on every k-th batch of a task (weight λs then)
+    detach_target: bool = True       # f(x) in the final term as a constant (as VAT does)
     teacher_momentum: float = 0.999   # β after the warm phase
     teacher_momentum_warm: float = 0.99
     teacher_warm_fraction: float = 0.1
@@ -105,7 +108,8 @@ class SmartConfig:
 # the SMART settings a task may override (the rest are the run's)
 SMART_PER_TASK = ("adversarial_weight", "proximal_weight", "noise_std", "step_size", "epsilon",
                   "adversarial_steps", "norm", "inner_divergence", "final_divergence",
-                  "proximal_divergence", "adversarial_dropout")
+                  "proximal_divergence", "adversarial_dropout", "adversarial_share",
+                  "adversarial_every", "detach_target")
 
 
 @dataclass
@@ -158,6 +162,8 @@ _RANGES = {
     "smart.step_size": (0, None, False, None),
     "smart.epsilon": (0, None, False, None),
     "smart.adversarial_steps": (0, None, True, None),
+    "smart.adversarial_share": (0, 1, False, True),
+    "smart.adversarial_every": (1, None, True, None),
     "smart.teacher_momentum": (0, 1, True, True),
     "smart.teacher_momentum_warm": (0, 1, True, True),
     "smart.teacher_warm_fraction": (0, 1, True, True),
@@ -334,7 +340,7 @@ def _check_methods(config: RunConfig, tasks: dict, source: str) -> None:
                              "not in [regularizers.smart]")
     try:
         make_sampler(cfg.sampler, cfg.temperature)
-        make_combiner(cfg.combiner, seed=cfg.seed, **cfg.combiner_options)
+        make_combiner(cfg.combiner, seed=cfg.seed, tasks=tuple(tasks), **cfg.combiner_options)
         for name, options in config.regularizers.items():
             REGULARIZERS.build(name, options, f"regularizers.{name}", tasks=tasks,
                                total_updates=1)

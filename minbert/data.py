@@ -169,6 +169,15 @@ class Batch:
                                  for s in self.segments],
                      None if self.labels is None else self.labels.to(device), self.indices)
 
+    def select(self, rows: torch.Tensor) -> "Batch":
+        """The batch's examples at `rows` (positions in the batch), padding trimmed to them."""
+        segments = []
+        for segment in self.segments:
+            length = int(segment["attention_mask"][rows].sum(1).max())
+            segments.append({k: v[rows, :length] for k, v in segment.items()})
+        return Batch(self.task, segments, None if self.labels is None else self.labels[rows],
+                     self.indices[rows.cpu().numpy()])
+
     def token_counts(self) -> tuple[int, int]:
         """(real tokens, padded slots) over all segments."""
         real = sum(int(s["attention_mask"].sum()) for s in self.segments)

@@ -47,6 +47,7 @@ class RunData:
     steps: list[dict]
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    ids: dict[str, list[str]] = field(default_factory=dict)  # the dev examples scored
 
 
 def read_prediction_file(path: Path) -> dict[str, float]:
@@ -83,6 +84,7 @@ def load_run(folder: str | Path) -> RunData:
         predicted = read_prediction_file(path)
         examples = task.read(Path(config.data.dir) / task.dev_file)
         keep = [i for i, example_id in enumerate(examples.ids) if example_id in predicted]
+        run.ids[name] = [examples.ids[i] for i in keep]
         run.labels[name] = examples.labels[keep]
         run.predictions[name] = np.array([predicted[examples.ids[i]] for i in keep])
     return run

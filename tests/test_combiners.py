@@ -1,4 +1,7 @@
-"""Gradient combining: sum, PCGrad (Yu et al. 2020) and CAGrad (Liu et al. 2021)."""
+"""Gradient combining: sum, PCGrad (Yu et al. 2020), CAGrad (Liu et al. 2021), FAMO (Liu et al.
+2023)."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -217,3 +220,61 @@ def test_cagrad_three_tasks_reach_the_dual_minimum_at_every_scale():
         value = found @ gram @ mean + radius * np.sqrt(found @ gram @ found)
         assert value <= dual.min() + 1e-9
         np.testing.assert_allclose(weights, cagrad_weights(gram, c), rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------- FAMO
+def test_famo_weight_update_is_the_papers_formula():
+    """ξ ← ξ − β (J_z(ξ)ᵀ δ + γ ξ), with J_z = diag(z) − z zᵀ the softmax Jacobian."""
+    famo = make_combiner("famo", tasks=("a", "b", "c"), weight_lr=0.1, weight_decay=0.01,
+                         weight_optimizer="sgd")
+    xi = np.array([0.2, -0.1, 0.0])
+    with torch.no_grad():
+        famo.xi.copy_(torch.tensor(xi))
+    delta = np.array([0.3, -0.2, 0.1])
+    z = np.exp(xi) / np.exp(xi).sum()
+    jacobian = np.diag(z) - np.outer(z, z)
+    expected = xi - 0.1 * (jacobian.T @ delta + 0.01 * xi)
+    famo.update_weights(torch.tensor(delta, dtype=torch.float32))
+    np.testing.assert_allclose(famo.xi.detach().numpy(), expected, rtol=1e-6)
+
+
+def test_famo_gradient_is_k_times_the_convex_combination_of_task_gradients():
+    """Equal weights, losses 0.5 and 2: coefficients 2 · (z/ℓ) / Σ z/ℓ = (1.6, 0.4)."""
+    model = TwoHeaded(("a", "b"))
+    famo = make_combiner("famo", tasks=("a", "b"))
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    target = {"a": 0.5, "b": 2.0}
+
+    def losses():  # values 0.5 and 2, gradients those of the heads' outputs
+        out = {t: head(torch.tanh(model.encoder(x))).pow(2).mean()
+               for t, head in model.heads.items()}
+        return {t: out[t] / out[t].detach() * target[t] for t in out}
+    famo.backward(losses(), model)
+    got = _grads(model)
+    model.zero_grad()
+    step = losses()
+    (1.6 * step["a"] + 0.4 * step["b"]).backward()
+    for name, grad in _grads(model).items():
+        torch.testing.assert_close(got[name], grad)
+
+
+def test_famo_moves_weight_to_the_task_that_improves_least():
+    famo = make_combiner("famo", tasks=("falls", "stalls"))
+    model = TwoHeaded(("falls", "stalls"))
+    for step in range(5):
+        loss = model.heads["falls"].weight.sum() * 0 + 1.0
+        losses = {"falls": loss * 0.8 ** step, "stalls": loss * 1.0}
+        famo.backward(losses, model)
+        model.zero_grad()
+    z = famo.weights()
+    assert z[1] > z[0] and torch.isclose(z.sum(), torch.tensor(1.0))
+
+
+def test_famo_state_round_trips():
+    famo = make_combiner("famo", tasks=("a", "b"))
+    famo.update_weights(torch.tensor([0.5, -0.5]))
+    restored = make_combiner("famo", tasks=("a", "b"))
+    restored.load_state_dict(copy.deepcopy(famo.state_dict()))  # as saved and loaded
+    famo.update_weights(torch.tensor([0.1, 0.2]))
+    restored.update_weights(torch.tensor([0.1, 0.2]))
+    assert torch.equal(famo.xi, restored.xi)

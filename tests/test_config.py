@@ -67,7 +67,7 @@ def test_a_declared_task_missing_its_columns_is_named():
     ("model.head_dropout=1.0", r"model.head_dropout must be in \[0, 1\)"),
     ("smart.epsilon=0", "smart.epsilon must be positive"),
     ("smart.teacher_momentum=1.5", r"smart.teacher_momentum must be in \[0, 1\]"),
-    ("train.combiner='famous'", "train.combiner = 'famous'; use one of cagrad, pcgrad, sum"),
+    ("train.combiner='famous'", "train.combiner = 'famous'; use one of cagrad, famo, pcgrad, sum"),
     ("train.combiner='cagrad' train.combiner_options={c=-1}",
      r"train.combiner_options.c \(CAGrad's radius\) must be ≥ 0"),
     ("train.combiner='pcgrad' train.combiner_options={c=1}",

@@ -1,5 +1,6 @@
 """SMART: the ascent step, the ε-ball, the divergences, the teacher, and the zero weights."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -251,3 +252,73 @@ def test_inner_pass_leaves_frozen_and_trainable_parameters_as_they_were(setup):
     term = Smart(SmartConfig(proximal_weight=0.0))(model, tasks["sts"], batch, model(batch))
     assert [p.requires_grad for p in model.parameters()] == flags
     assert term.requires_grad  # the final term still reaches the trainable head
+
+
+# ---------------------------------------------------------------------- cheaper variants
+VARIANT = dict(proximal_weight=0.0, noise_std=1e-3, epsilon=1e-2, step_size=1e-2,
+               adversarial_dropout=False)
+
+
+def test_a_share_of_the_batch_is_the_term_on_those_rows(setup):
+    """adversarial_share = 0.5: the term equals the full definition on the seeded rows."""
+    model, tasks, _, batch = setup
+    model.eval()
+    shared = Smart(SmartConfig(adversarial_share=0.5, **VARIANT), seed=3)
+    rows = torch.randperm(batch.size, generator=torch.Generator().manual_seed(3))[:3].sort()
+    torch.manual_seed(1)
+    term = shared(model, tasks["quora"], batch, model(batch))
+    subset = batch.select(rows.values)
+    torch.manual_seed(1)  # the same noise δ₀
+    expected = Smart(SmartConfig(**VARIANT))(model, tasks["quora"], subset, model(subset))
+    assert term.item() == pytest.approx(expected.item(), rel=1e-5) and term.item() > 0
+    assert subset.size == 3 and subset.segments[0]["input_ids"].shape[1] <= \
+        batch.segments[0]["input_ids"].shape[1]
+
+
+def test_every_kth_batch_carries_the_term(setup):
+    model, tasks, _, batch = setup
+    smart = Smart(SmartConfig(adversarial_every=3, **VARIANT))
+    terms = [smart(model, tasks["quora"], batch, model(batch)).item() for _ in range(7)]
+    assert [t > 0 for t in terms] == [True, False, False, True, False, False, True]
+    restored = Smart(SmartConfig(adversarial_every=3, **VARIANT))
+    restored.load_state_dict(smart.state_dict())  # the count survives a resume
+    assert restored(model, tasks["quora"], batch, model(batch)).item() == 0
+
+
+def test_no_ascent_step_is_r3f_noise(setup):
+    """adversarial_steps = 0: ℓs(f(x + ε₀), f(x)) with ε₀ ~ N(0, σ²) on the tokens."""
+    model, tasks, _, batch = setup
+    model.eval()
+    task = tasks["quora"]
+    logits = model(batch)
+    torch.manual_seed(5)
+    term = Smart(SmartConfig(adversarial_steps=0, **VARIANT))(model, task, batch, logits)
+    torch.manual_seed(5)
+    embeds = model.embed(batch)
+    noisy = [e + torch.randn_like(e) * 1e-3 * s["attention_mask"].unsqueeze(-1)
+             for e, s in zip(embeds, batch.segments)]
+    expected = task.divergence(model(batch, noisy), logits.detach(), "sym-kl")
+    assert term.item() == pytest.approx(expected.item(), rel=1e-5) and term.item() > 0
+
+
+def test_r_drop_setting_is_two_dropout_passes_with_gradient_through_both(setup):
+    """steps 0, no noise, dropout on, target not detached: sym-KL(f₁(x), f₂(x)) as R-Drop."""
+    model, tasks, _, batch = setup
+    model.train()
+    task = tasks["quora"]
+    settings = SmartConfig(proximal_weight=0.0, adversarial_steps=0, noise_std=0.0,
+                           detach_target=False)
+    torch.manual_seed(7)
+    first = model(batch)
+    term = Smart(settings)(model, task, batch, first)
+    torch.manual_seed(7)
+    expected = task.divergence(model(batch), model(batch), "sym-kl")  # the same two masks
+    assert term.item() == pytest.approx(expected.item(), rel=1e-5) and term.item() > 0
+
+    def gradient(detach):
+        model.zero_grad()
+        torch.manual_seed(7)
+        logits = model(batch)
+        Smart(replace(settings, detach_target=detach))(model, task, batch, logits).backward()
+        return model.heads["quora"].out.weight.grad.clone()
+    assert not torch.allclose(gradient(True), gradient(False))  # the clean side learns too

@@ -5,7 +5,8 @@ which method it is; a new method is one module here, registered by name:
     @COMBINERS.register
     class MyMethod(Combiner):
         name = "mine"
-        def __init__(self, strength: float = 1.0, seed: int = 0): ...   # options; seed if random
+        def __init__(self, strength: float = 1.0, seed: int = 0): ...   # options; seed, tasks
+                                                                          # if it needs them
         def backward(self, losses, model): ...
 
 and imported below. `train.combiner = "mine"` and `train.combiner_options = {strength = 2}`
@@ -35,8 +36,10 @@ class Combiner:
 COMBINERS = Registry("combiner", "train.combiner")
 
 
-def make_combiner(name: str, seed: int = 0, **options) -> Combiner:
-    return COMBINERS.build(name, options, "train.combiner_options", seed=seed)
+def make_combiner(name: str, seed: int = 0, tasks: tuple[str, ...] = (), **options) -> Combiner:
+    """`seed` and the run's `tasks` reach the methods whose constructors name them."""
+    return COMBINERS.build(name, options, "train.combiner_options", seed=seed,
+                           tasks=list(tasks))
 
 
-from minbert.combiners import cagrad, pcgrad, plain  # noqa: E402,F401  (registers the built-ins)
+from minbert.combiners import cagrad, famo, pcgrad, plain  # noqa: E402,F401  (the built-ins)

@@ -3,8 +3,8 @@
 task's loss, and calls `after_step(model)` after each optimizer update.
 
 A new regulariser is one module: a subclass registered with `@REGULARIZERS.register`,
-whose constructor arguments are its options (and, by name, `tasks` and `total_updates`
-if it needs them), imported below. A run switches it on with a table
+whose constructor arguments are its options (and, by name, `tasks`, `total_updates` and
+`seed` if it needs them), imported below. A run switches it on with a table
 `[regularizers.NAME]` holding its options; SMART keeps its own `[smart]` section.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Regularizer:
 
 def build_regularizers(config, tasks, total_updates: int) -> list[Regularizer]:
     """The regularisers a run config switches on, in the order their terms are added."""
-    context = {"tasks": tasks, "total_updates": total_updates}
+    context = {"tasks": tasks, "total_updates": total_updates, "seed": config.train.seed}
     built = []
     if config.smart.enabled:
         built.append(REGULARIZERS.build("smart", {"settings": config.smart}, **context))

@@ -20,6 +20,18 @@ bf16 (8-bit mantissa) or TF32 matmuls: under autocast f(x + δ) − f(x) is roun
 the adversarial passes, and their target f(x), always run in fp32 with IEEE matmuls; when
 the step runs under autocast the fp32 target is one extra no-grad forward. The task loss,
 the teacher and the proximal term keep the step's precision.
+
+Cheaper settings of the same term (each per task, in [smart] or its overrides):
+- `adversarial_share = p`: the term on a seeded random share p of each batch; the mean
+  over a uniform subset estimates the batch mean without bias, at about p of the cost.
+- `adversarial_every = k`: the term on every k-th batch of a task (weight λs on those).
+- `adversarial_steps = 0`: no ascent step, δ is the Gaussian noise itself: R3F
+  (Aghajanyan et al. 2021), one extra forward and backward instead of two.
+- `adversarial_steps = 0, noise_std = 0, detach_target = false` with dropout on: the
+  divergence between two dropout passes, R-Drop (Liang et al. 2021).
+`detach_target`: the final term treats f(x) as a constant (virtual adversarial training's
+choice, the default here); false lets the gradient flow through both sides, as the
+paper's R_s, mt-dnn and smart-pytorch do.
 """
 from __future__ import annotations
 
@@ -83,7 +95,7 @@ class Smart(Regularizer):
     included); `total_updates` sets the teacher's warm phase."""
     name = "smart"
 
-    def __init__(self, settings: SmartConfig, total_updates: int = 1):
+    def __init__(self, settings: SmartConfig, total_updates: int = 1, seed: int = 0):
         self.settings = settings
         self.per_task = {task: settings.for_task(task) for task in settings.overrides}
         self.tasks = set(settings.tasks) if settings.tasks else None
@@ -91,6 +103,8 @@ class Smart(Regularizer):
             settings.teacher_momentum_warm
         self.warm_updates = int(settings.teacher_warm_fraction * total_updates)
         self.updates = 0
+        self.calls: dict[str, int] = {}  # batches seen per task (for adversarial_every)
+        self.generator = torch.Generator().manual_seed(seed)  # adversarial_share's rows
         self.teacher = None
         self._pending_teacher_state = None
 
@@ -99,8 +113,10 @@ class Smart(Regularizer):
         if self.tasks is not None and task.name not in self.tasks:
             return logits.new_zeros(())
         s = self.per_task.get(task.name, self.settings)
+        seen = self.calls.get(task.name, 0)
+        self.calls[task.name] = seen + 1
         total = logits.new_zeros(())
-        if s.adversarial_weight:
+        if s.adversarial_weight and seen % s.adversarial_every == 0:
             total = total + s.adversarial_weight * self.adversarial_loss(model, task, batch,
                                                                          logits, s)
         if s.proximal_weight:
@@ -108,22 +124,31 @@ class Smart(Regularizer):
         return total
 
     def adversarial_loss(self, model, task, batch, logits, s: SmartConfig):
-        """ℓs(f(x + δ), f(x)) with δ from K projected ascent steps (Eq. 3), in fp32."""
+        """ℓs(f(x + δ), f(x)) with δ from K projected ascent steps (Eq. 3), in fp32; on a
+        seeded share of the batch when adversarial_share < 1 (its mean estimates the
+        batch's without bias)."""
+        if s.adversarial_share < 1:
+            count = max(1, round(s.adversarial_share * batch.size))
+            rows = torch.randperm(batch.size, generator=self.generator)[:count].sort().values
+            batch, logits = batch.select(rows.to(logits.device)), logits[rows.to(logits.device)]
         device_type = logits.device.type
         reduced = _reduced_precision(device_type)
         with full_precision(device_type):
             embeds = model.embed(batch)
             if reduced:  # the step's logits carry rounding noise far above the effect of δ
-                with torch.no_grad():
+                with torch.set_grad_enabled(not s.detach_target):
                     target = model(batch, embeds).float()
             else:
-                target = logits.detach()
+                target = logits
+            if s.detach_target:
+                target = target.detach()
             return self._adversarial(model, task, batch, embeds, target, s)
 
     def _adversarial(self, model, task, batch, embeds, target, s: SmartConfig):
         masks = [seg["attention_mask"].unsqueeze(-1).to(e.dtype)  # (batch, seq, 1)
                  for seg, e in zip(batch.segments, embeds)]
-        deltas = [torch.randn_like(e) * s.noise_std * m for e, m in zip(embeds, masks)]
+        deltas = [(torch.randn_like(e) * s.noise_std if s.noise_std else torch.zeros_like(e)) * m
+                  for e, m in zip(embeds, masks)]
         was_training = model.training
         if not s.adversarial_dropout:
             model.eval()
@@ -133,7 +158,7 @@ class Smart(Regularizer):
                 with _frozen(model):  # the inner pass needs ∂/∂δ only: save no weight inputs
                     inner = task.divergence(
                         model(batch, [e.detach() + d for e, d in zip(embeds, deltas)]).float(),
-                        target, s.divergence("inner", task))
+                        target.detach(), s.divergence("inner", task))
                     grads = torch.autograd.grad(inner, deltas)
                 deltas = [ascent_step(d.detach(), g, s.step_size, s.epsilon, s.norm) * m
                           for d, g, m in zip(deltas, grads, masks)]
@@ -173,10 +198,14 @@ class Smart(Regularizer):
     def state_dict(self):
         teacher = self.teacher.state_dict() if self.teacher is not None else \
             self._pending_teacher_state
-        return {"updates": self.updates, "teacher": teacher}
+        return {"updates": self.updates, "teacher": teacher, "calls": dict(self.calls),
+                "generator": self.generator.get_state()}
 
     def load_state_dict(self, state):
         self.updates = state["updates"]
+        self.calls = dict(state.get("calls", {}))  # absent in checkpoints before the variants
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
         if state["teacher"] is not None:
             if self.teacher is None:
                 self._pending_teacher_state = state["teacher"]

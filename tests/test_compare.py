@@ -1,0 +1,97 @@
+"""Paired-bootstrap comparisons: intervals that cover the true difference as often as they
+claim, narrower than unpaired ones when the runs agree, and runs that cannot be compared
+refused with what differs."""
+import numpy as np
+import pytest
+
+from minbert import cli
+from minbert.compare import compare_predictions, resampled_metric
+from minbert.tasks import build_task
+
+SST = build_task("sst", {})
+STS = build_task("sts", {})
+
+
+def test_the_interval_covers_a_known_difference_about_95_percent_of_the_time():
+    """Correctness A: (U_a + H)/2 < 0.60, B: (U_b + H)/2 < 0.55, with H a difficulty both
+    runs share (so their errors are correlated); (U + H)/2 has the triangular CDF
+    F(z) = 1 − 2(1 − z)² above 0.5, so the true accuracy gap is F(0.60) − F(0.55)."""
+    rng = np.random.default_rng(0)
+
+    def cdf(z):
+        return 1 - 2 * (1 - z) ** 2
+    true = cdf(0.60) - cdf(0.55)
+    covered, trials, n = 0, 400, 300
+    for trial in range(trials):
+        hard = rng.random(n)  # per-example difficulty shared by both runs
+        correct_a = rng.random(n) * 0.5 + hard * 0.5 < 0.60
+        correct_b = rng.random(n) * 0.5 + hard * 0.5 < 0.55
+        labels = np.zeros(n)
+        rows = compare_predictions({"sst": SST}, {"sst": labels},
+                                   {"sst": np.where(correct_a, 0.0, 1.0)},
+                                   {"sst": np.where(correct_b, 0.0, 1.0)},
+                                   resamples=1000, seed=trial)
+        covered += rows[0].low <= true <= rows[0].high
+    assert 0.93 * trials <= covered <= 0.97 * trials
+
+
+def test_pairing_narrows_the_interval_when_runs_agree():
+    rng = np.random.default_rng(1)
+    n = 500
+    hard = rng.random(n)
+    correct_a = rng.random(n) * 0.2 + hard * 0.8 < 0.6
+    correct_b = rng.random(n) * 0.2 + hard * 0.8 < 0.55
+    labels = np.zeros(n)
+    a, b = np.where(correct_a, 0.0, 1.0), np.where(correct_b, 0.0, 1.0)
+    paired = compare_predictions({"sst": SST}, {"sst": labels}, {"sst": a}, {"sst": b},
+                                 resamples=4000, seed=0)[0]
+    # unpaired: each run resampled on its own
+    g = np.random.default_rng(0)
+    sa = resampled_metric(SST, labels, [a], 4000, g)[0]
+    sb = resampled_metric(SST, labels, [b], 4000, g)[0]
+    low, high = np.percentile(sa - sb, [2.5, 97.5])
+    assert paired.high - paired.low < 0.6 * (high - low)
+
+
+def test_resampled_pearson_matches_the_metric_on_each_resample():
+    rng = np.random.default_rng(2)
+    labels = rng.uniform(0, 5, 40)
+    predictions = labels + rng.normal(0, 1, 40)
+    samples = resampled_metric(STS, labels, [predictions], 5, np.random.default_rng(3))[0]
+    idx = np.random.default_rng(3).integers(0, 40, size=(5, 40))
+    for value, rows in zip(samples, idx):
+        assert value == pytest.approx(np.corrcoef(predictions[rows], labels[rows])[0, 1])
+
+
+def test_the_overall_interval_combines_the_tasks_like_the_leaderboard():
+    rng = np.random.default_rng(4)
+    labels = {"sst": rng.integers(0, 5, 200).astype(float), "sts": rng.uniform(0, 5, 150)}
+    a = {"sst": labels["sst"].copy(), "sts": labels["sts"] + rng.normal(0, 0.5, 150)}
+    b = {"sst": rng.integers(0, 5, 200).astype(float),
+         "sts": labels["sts"] + rng.normal(0, 2, 150)}
+    rows = compare_predictions({"sst": SST, "sts": STS}, labels, a, b, resamples=2000)
+    overall = rows[-1]
+    assert overall.name == "overall"
+    assert overall.a == pytest.approx((rows[0].a + (rows[1].a + 1) / 2) / 2)
+    assert overall.low > 0 and overall.verdict == "A better"
+
+
+def test_runs_scored_on_different_examples_are_refused(tmp_path, capsys):
+    from minbert.compare import compare_runs
+    from minbert.reports import RunData
+    import minbert.reports as reports
+    tasks = {"sst": SST}
+
+    def fake(ids):
+        return RunData("r", tmp_path, tasks, [], [], labels={"sst": np.zeros(len(ids))},
+                       predictions={"sst": np.zeros(len(ids))}, ids={"sst": ids})
+    runs = {"a": fake(["x1", "x2", "x3"]), "b": fake(["x1", "x2", "x4"])}
+    original = reports.load_run
+    reports.load_run = lambda folder: runs[str(folder)]
+    try:
+        with pytest.raises(ValueError, match=r"only in a: \['x3'\], only in b: \['x4'\]"):
+            compare_runs("a", "b")
+        assert cli.main(["compare", "a", "b"]) == 2
+        assert "different dev examples" in capsys.readouterr().err
+    finally:
+        reports.load_run = original
