@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
 
 from minbert.config import ConfigKeyError, load_config
+from minbert.distributed import launched_as_main
 
 
 def cmd_train(args):
@@ -19,13 +19,35 @@ def cmd_train(args):
     overrides = list(args.overrides) + ([f'run_dir="{args.run_dir}"'] if args.run_dir else [])
     overrides += ["train.tensorboard=true"] if args.tensorboard else []
     config = load_config(args.config, overrides)
+    if args.seeds:
+        return _train_seeds(config, args)
     result = train(config, overwrite=args.overwrite)
-    if "overall" in result and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 says it
+    if "overall" in result and launched_as_main():  # under torchrun rank 0 says it
         print(f"\nbest dev metrics ({config.run_dir}/best.pt):")
         print(format_table(result, build_tasks(config)))
         if "quora" in result and config.model.checkpoint == "minilm-l6":
             print("note: all-MiniLM-L6-v2 was pre-trained on sentence pairs that include Quora "
                   "duplicates, so its Quora accuracy is not a clean transfer result")
+    return 0
+
+
+def _train_seeds(config, args):
+    from minbert.runs import build_tasks
+    from minbert.training import train_seeds
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: give integers separated by commas, "
+                         "e.g. 0,1,2") from None
+    result = train_seeds(config, seeds, overwrite=args.overwrite)
+    if launched_as_main():
+        tasks = build_tasks(config)
+        print(f"\n{len(seeds)} seeds ({config.run_dir}/seeds.json): mean, standard deviation "
+              "and 95% interval of the mean")
+        for key, s in result["summary"].items():
+            metric = tasks[key].metric_name if key in tasks else ""
+            print(f"{key:<10}{metric:<10}{s['mean']:>8.4f} ± {s['std']:.4f}   "
+                  f"[{s['low']:.4f}, {s['high']:.4f}]")
     return 0
 
 
@@ -135,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also log to TensorBoard (RUN_DIR/tensorboard)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run the folder already holds instead of refusing")
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: one run per seed "
+                                   "in RUN_DIR/seed-N, then a summary (RUN_DIR/seeds.json)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-5")
     p.set_defaults(func=cmd_train)
     for name, func, text in (("evaluate", cmd_evaluate, "dev metrics of a run's best model"),

@@ -100,6 +100,21 @@ def compare_predictions(tasks: dict[str, Task], labels: dict[str, np.ndarray],
     return rows
 
 
+def mean_interval(values, level: float = 0.95) -> dict:
+    """Mean, sample standard deviation and the t-interval of the mean of `values` (one per
+    seed); with one value there is no interval (nan)."""
+    from scipy.stats import t
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    mean = float(values.mean())
+    if n < 2:
+        return {"mean": mean, "std": float("nan"), "low": float("nan"), "high": float("nan"),
+                "n": n}
+    std = float(values.std(ddof=1))
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * std / np.sqrt(n)
+    return {"mean": mean, "std": std, "low": mean - half, "high": mean + half, "n": n}
+
+
 def compare_runs(folder_a, folder_b, resamples: int = 10_000, seed: int = 0) -> list[Difference]:
     """Two run folders' best-model dev predictions, compared on the examples they share;
     runs with other tasks or other example ids are refused with the difference named."""

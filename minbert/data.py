@@ -176,7 +176,7 @@ class Batch:
             length = int(segment["attention_mask"][rows].sum(1).max())
             segments.append({k: v[rows, :length] for k, v in segment.items()})
         return Batch(self.task, segments, None if self.labels is None else self.labels[rows],
-                     self.indices[rows.cpu().numpy()])
+                     np.asarray(self.indices)[rows.cpu().numpy()])
 
     def token_counts(self) -> tuple[int, int]:
         """(real tokens, padded slots) over all segments."""

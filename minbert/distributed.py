@@ -46,6 +46,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched_as_main() -> bool:
+    """Rank 0 by torchrun's environment: valid before and after the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def shard(indices: list[int]) -> list[int]:
     """This rank's contiguous part of one batch (sizes differ by at most one)."""
     n, world, r = len(indices), world_size(), rank()

@@ -262,27 +262,34 @@ class RunFolder:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def saved_config_changes(self, config: RunConfig) -> list[str]:
+        """How `config` differs from the run's config.json (keys that may not change)."""
+        try:
+            saved = json.loads(self.config_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunError(f"{self.config_file}: not a JSON config ({e})") from None
+        return config_changes(saved, config)
+
     @contextlib.contextmanager
     def claim(self, config: RunConfig, overwrite: bool = False):
-        """Locks the folder and checks it before any work: a new run, the same run to
-        resume (the config may change only in RESUMABLE_CHANGES), or a refusal."""
+        """Locks the folder and checks it before any work. A new run starts; the same run
+        resumes from its checkpoint (the config may change only in RESUMABLE_CHANGES); a
+        run killed before its first checkpoint, with nothing else kept, starts again. A
+        different config, or a run with results but no checkpoint (say, a finished run
+        whose checkpoint.pt was deleted), is refused unless `overwrite`."""
         self.lock()
         try:
-            if overwrite:
-                self.clear()
-            elif self.checkpoint.exists() and self.config_file.is_file():
-                try:
-                    saved = json.loads(self.config_file.read_text(encoding="utf-8"))
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise RunError(f"{self.config_file}: not a JSON config ({e})") from None
-                changes = config_changes(saved, config)
-                if changes:
-                    raise RunError(f"{self.path} holds a run of a different config "
-                                   f"({', '.join(changes)}); use another run_dir, the same "
-                                   "config, or --overwrite to replace it")
-            elif self.holds_run() and not self.checkpoint.exists():
-                found = [n for n in RUN_FILES if (self.path / n).exists()]
-                raise RunError(f"{self.path} already holds a run ({', '.join(found)}) with no "
+            changes = (self.saved_config_changes(config)
+                       if self.config_file.is_file() and not overwrite else [])
+            if changes:
+                raise RunError(f"{self.path} holds a run of a different config "
+                               f"({', '.join(changes)}); use another run_dir, the same "
+                               "config, or --overwrite to replace it")
+            kept = [n for n in ("best.pt", "dev-metrics.json") if (self.path / n).exists()]
+            if overwrite or not self.checkpoint.exists() and not kept:
+                self.clear()  # nothing here that the run would not compute again
+            elif not self.checkpoint.exists():
+                raise RunError(f"{self.path} already holds a run ({', '.join(kept)}) with no "
                                "checkpoint.pt to resume from; use another run_dir, or "
                                "--overwrite to replace it")
             yield self

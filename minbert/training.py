@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -353,7 +352,7 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
     resolve_device(config.train.device)
     folder = RunFolder(config.run_dir)
     # under torchrun only rank 0 owns (and writes) the folder
-    owner = folder.claim(config, overwrite) if int(os.environ.get("RANK", "0")) == 0 \
+    owner = folder.claim(config, overwrite) if distributed.launched_as_main() \
         else contextlib.nullcontext()
     with owner:
         tasks = build_tasks(config)
@@ -364,3 +363,30 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
             return Trainer(config, tasks, model, train_sets, dev_sets, counts).fit()
         finally:
             distributed.shutdown()
+
+
+def train_seeds(config: RunConfig, seeds: list[int], overwrite: bool = False) -> dict:
+    """One run per seed under the run folder (seed-0/, seed-1/, ...), each an ordinary run
+    (locked, resumable: started again, finished seeds are not retrained), then a summary
+    in seeds.json: each task's and the overall mean, standard deviation and 95% interval
+    of the mean across seeds."""
+    from dataclasses import replace
+
+    from minbert.compare import mean_interval
+    if len(set(seeds)) != len(seeds) or not seeds or min(seeds) < 0:
+        raise RunError(f"--seeds {seeds}: give distinct non-negative seeds, e.g. 0,1,2")
+    parent = Path(config.run_dir)
+    results = {}
+    for seed in seeds:
+        run = replace(config, run_dir=str(parent / f"seed-{seed}"),
+                      train=replace(config.train, seed=seed))
+        if distributed.launched_as_main():
+            tqdm.write(f"seed {seed}: {run.run_dir}")
+        results[seed] = train(run, overwrite=overwrite)
+    metrics = [m for m in results.values() if "overall" in m]
+    summary = {"seeds": seeds, "runs": {str(k): v for k, v in results.items()},
+               "summary": {key: mean_interval([m[key] for m in metrics])
+                           for key in (metrics[0] if metrics else {})}}
+    if distributed.launched_as_main():
+        write_text_atomic(parent / "seeds.json", json.dumps(summary, indent=2) + "\n")
+    return summary

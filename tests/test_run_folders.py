@@ -113,6 +113,19 @@ def test_a_finished_run_without_its_checkpoint_is_not_overwritten(run_copy, caps
     assert before == {name: (run / name).read_bytes() for name in before}
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_again(run_copy):
+    """Only config.json and the start of a log: nothing the run would not compute again."""
+    run, values = run_copy
+    for name in ("checkpoint.pt", "best.pt"):
+        (run / name).unlink()
+    train(build_config(values))
+    records = [json.loads(line)["type"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert records.count("start") == 1 and (run / "best.pt").exists()
+    values = {**values, "train": {**values["train"], "lr": 5e-4}}
+    with pytest.raises(RunError, match="holds a run of a different config"):
+        train(build_config(values))  # a different run is never restarted over it
+
+
 def test_overwrite_replaces_the_run_on_purpose(run_copy, tmp_path):
     run, values = run_copy
     (run / "checkpoint.pt").unlink()
@@ -204,3 +217,46 @@ def test_the_lock_is_released_when_its_process_is_killed(tmp_path):
             assert time.time() < deadline
             time.sleep(0.1)
     folder.unlock()
+
+
+# ---------------------------------------------------------------------- seeds
+def test_seeds_train_one_run_each_and_summarise_them(tmp_path, tiny_checkpoint, capsys):
+    from minbert.training import train_seeds
+    (tmp_path / "data").mkdir()
+    values = tiny_config_values(write_task_files(tmp_path / "data"), tiny_checkpoint,
+                                tmp_path / "runs", epochs=1)
+    config = build_config(values)
+    first = train_seeds(config, [0])
+    assert set(first["runs"]) == {"0"} and first["summary"]["overall"]["n"] == 1
+    log = (tmp_path / "runs" / "seed-0" / "log.jsonl").read_text()
+    # "killed between seeds": the same command with more seeds trains only the new ones
+    result = train_seeds(config, [0, 1, 2])
+    assert (tmp_path / "runs" / "seed-0" / "log.jsonl").read_text().startswith(log)
+    assert '"type": "start"' not in (tmp_path / "runs" / "seed-0" / "log.jsonl").read_text()[
+        len(log):]
+    assert json.loads((tmp_path / "runs" / "seed-1" / "config.json").read_text())[
+        "train"]["seed"] == 1
+    overall = [result["runs"][str(s)]["overall"] for s in (0, 1, 2)]
+    summary = result["summary"]["overall"]
+    assert summary["mean"] == pytest.approx(sum(overall) / 3) and summary["n"] == 3
+    assert summary["low"] <= summary["mean"] <= summary["high"]
+    saved = json.loads((tmp_path / "runs" / "seeds.json").read_text())
+    assert saved["summary"]["overall"]["mean"] == pytest.approx(summary["mean"])
+
+
+def test_the_interval_of_the_mean_is_students_t():
+    from minbert.compare import mean_interval
+    result = mean_interval([0.70, 0.72, 0.74])
+    # mean 0.72, s = 0.02, t(0.975, 2) = 4.303: half-width 4.303 · 0.02 / √3
+    assert result["mean"] == pytest.approx(0.72) and result["std"] == pytest.approx(0.02)
+    assert result["high"] - result["mean"] == pytest.approx(4.302653 * 0.02 / 3 ** 0.5,
+                                                            rel=1e-5)
+
+
+def test_bad_seeds_are_refused_before_any_work(tmp_path, capsys):
+    err = cli_error(["train", "--config", "configs/quick.toml", "--run-dir", str(tmp_path / "r"),
+                     "--seeds", "0,x"], capsys)
+    assert "--seeds '0,x': give integers" in err and not (tmp_path / "r").exists()
+    err = cli_error(["train", "--config", "configs/quick.toml", "--run-dir", str(tmp_path / "r"),
+                     "--seeds", "1,1"], capsys)
+    assert "give distinct non-negative seeds" in err

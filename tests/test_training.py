@@ -1,5 +1,6 @@
 """The trainer end to end on a tiny model: it learns, it resumes exactly, the CLI works."""
 import json
+import math
 
 import pytest
 import torch
@@ -105,6 +106,19 @@ def test_surgery_with_smart_trains_and_its_teacher_is_checkpointed(task_dir, tin
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["regularizers"][0]["teacher"] is not None
     assert state["regularizers"][0]["updates"] == state["updates"]
+
+
+def test_cheap_smart_settings_and_famo_train_through_the_trainer(task_dir, tiny_checkpoint,
+                                                                 tmp_path):
+    values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", epochs=2,
+                                combiner="famo")
+    values["smart"] = {"enabled": True, "adversarial_share": 0.5, "adversarial_every": 2,
+                       "overrides": {"sts": {"adversarial_steps": 0}}}
+    metrics = train(build_config(values))
+    assert all(math.isfinite(v) for v in metrics.values())
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert sum(state["regularizers"][0]["calls"].values()) == 3 * state["updates"]
+    assert state["combiner"]["xi"].shape == (3,) and state["combiner"]["xi"].abs().sum() > 0
 
 
 @pytest.mark.slow

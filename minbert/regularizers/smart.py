@@ -17,8 +17,9 @@ Every reduction is a batch mean, so λs does not scale with the batch size.
 Precision: δ is tiny (ε = 1e-5 on embeddings of size ~3e-2), far below the resolution of
 bf16 (8-bit mantissa) or TF32 matmuls: under autocast f(x + δ) − f(x) is rounding noise
 (~1e-3 in the logits against a true ~1e-5), and the term would regularise that noise. So
-the adversarial passes, and their target f(x), always run in fp32 with IEEE matmuls; when
-the step runs under autocast the fp32 target is one extra no-grad forward. The task loss,
+the adversarial passes, and their target f(x), run in fp32 with IEEE matmuls whenever
+there is a δ (R-Drop's setting has none and keeps the step's precision); when the step
+runs under autocast the fp32 target is one extra no-grad forward. The task loss,
 the teacher and the proximal term keep the step's precision.
 
 Cheaper settings of the same term (each per task, in [smart] or its overrides):
@@ -132,8 +133,11 @@ class Smart(Regularizer):
             rows = torch.randperm(batch.size, generator=self.generator)[:count].sort().values
             batch, logits = batch.select(rows.to(logits.device)), logits[rows.to(logits.device)]
         device_type = logits.device.type
-        reduced = _reduced_precision(device_type)
-        with full_precision(device_type):
+        perturbed = s.noise_std > 0 or s.adversarial_steps > 0
+        # δ needs fp32; without one (R-Drop: only the dropout masks differ) the passes keep
+        # the step's precision and its logits are the target
+        reduced = perturbed and _reduced_precision(device_type)
+        with full_precision(device_type) if perturbed else contextlib.nullcontext():
             embeds = model.embed(batch)
             if reduced:  # the step's logits carry rounding noise far above the effect of δ
                 with torch.set_grad_enabled(not s.detach_target):
@@ -147,8 +151,8 @@ class Smart(Regularizer):
     def _adversarial(self, model, task, batch, embeds, target, s: SmartConfig):
         masks = [seg["attention_mask"].unsqueeze(-1).to(e.dtype)  # (batch, seq, 1)
                  for seg, e in zip(batch.segments, embeds)]
-        deltas = [(torch.randn_like(e) * s.noise_std if s.noise_std else torch.zeros_like(e)) * m
-                  for e, m in zip(embeds, masks)]
+        deltas = [(torch.randn_like(e) * s.noise_std if s.noise_std else torch.zeros_like(e))
+                  * m for e, m in zip(embeds, masks)]
         was_training = model.training
         if not s.adversarial_dropout:
             model.eval()
