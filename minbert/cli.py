@@ -116,7 +116,11 @@ def cmd_report(args):
 
 
 def cmd_compare(args):
-    from minbert.compare import compare_runs, format_differences
+    from minbert.compare import compare_runs, compare_seed_runs, format_differences
+    if all((Path(folder) / "seeds.json").is_file() for folder in (args.run_a, args.run_b)):
+        rows = compare_seed_runs(args.run_a, args.run_b)
+        print(format_differences(rows, args.run_a, args.run_b, 0))
+        return 0
     rows = compare_runs(args.run_a, args.run_b, args.resamples, args.seed)
     print(format_differences(rows, args.run_a, args.run_b, args.resamples))
     return 0

@@ -9,6 +9,10 @@ resample combines the tasks' resampled metrics the way the leaderboard does. Per
 intervals, seeded, vectorised in chunks of resamples.
 
     minbert compare RUN_A RUN_B [--resamples 10000] [--seed 0]
+
+Two folders of `--seeds` runs (each with seeds.json) are compared seed by seed instead:
+the mean over their common seeds of A − B, with the t-interval of that mean, which holds
+the seed-to-seed variance a single pair of runs cannot show.
 """
 from __future__ import annotations
 
@@ -139,10 +143,37 @@ def compare_runs(folder_a, folder_b, resamples: int = 10_000, seed: int = 0) -> 
                                resamples, seed)
 
 
+def compare_seed_runs(folder_a, folder_b) -> list[Difference]:
+    """Mean of A − B over the seeds both `--seeds` folders hold, with its 95% t-interval."""
+    import json
+    from pathlib import Path
+    runs = []
+    for folder in (folder_a, folder_b):
+        path = Path(folder) / "seeds.json"
+        try:
+            runs.append(json.loads(path.read_text(encoding="utf-8"))["runs"])
+        except (OSError, ValueError, KeyError) as e:
+            raise CompareError(f"{path}: not a seeds summary ({e})") from None
+    common = sorted(set(runs[0]) & set(runs[1]), key=int)
+    if len(common) < 2:
+        raise CompareError(f"{folder_a} and {folder_b} share {len(common)} seed(s) "
+                           f"({', '.join(common) or 'none'}); a seed comparison needs two")
+    rows = []
+    for key in runs[0][common[0]]:
+        a = [runs[0][s][key] for s in common]
+        b = [runs[1][s][key] for s in common]
+        interval = mean_interval(np.subtract(a, b))
+        rows.append(Difference(key, float(np.mean(a)), float(np.mean(b)), interval["low"],
+                               interval["high"]))
+    return rows
+
+
 def format_differences(rows: list[Difference], name_a: str, name_b: str,
                        resamples: int) -> str:
-    lines = [f"A = {name_a}\nB = {name_b}\npaired bootstrap over the same dev examples, "
-             f"{resamples:,} resamples, 95% interval of A − B",
+    """The table `minbert compare` prints; `resamples` 0 for a comparison across seeds."""
+    how = (f"paired bootstrap over the same dev examples, {resamples:,} resamples"
+           if resamples else "mean over the common seeds (t-interval)")
+    lines = [f"A = {name_a}\nB = {name_b}\n{how}, 95% interval of A − B",
              f"{'':<10}{'A':>8}{'B':>8}{'A − B':>9}{'95% interval':>22}  verdict"]
     for r in rows:
         lines.append(f"{r.name:<10}{r.a:>8.4f}{r.b:>8.4f}{r.difference:>+9.4f}"

@@ -43,6 +43,8 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 64        # sorted by length; measured fastest of 64-256 (benchmarks)
     dev_limit: int = 0                # evaluate on the first N dev examples of a task (0: all)
+    validation: float = 0.0           # hold out this share of each training file to choose
+    validation_seed: int = 0          # the epoch on (0: choose on dev); the split's seed
 
 
 @dataclass
@@ -144,6 +146,8 @@ _RANGES = {
     "data.batch_size": (1, None, True, None),
     "data.eval_batch_size": (1, None, True, None),
     "data.dev_limit": (0, None, True, None),
+    "data.validation": (0, 0.5, True, True),
+    "data.validation_seed": (0, None, True, None),
     "train.epochs": (1, None, True, None),
     "train.lr": (0, None, False, None),
     "train.head_lr": (0, None, True, None),

@@ -6,6 +6,7 @@ an unnamed index column, read by column name. Test files have no label column.
 from __future__ import annotations
 
 import csv
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,19 @@ def read_examples(path: str | Path, text_columns: Sequence[str], label_column: s
     if not ids:
         raise DataError(f"{path}: no usable rows")
     return Examples(ids, texts, np.asarray(labels, dtype=np.float64) if label_column else None)
+
+
+def held_out_mask(ids: Sequence[str], strata: np.ndarray, share: float, salt: str) -> np.ndarray:
+    """True for the examples held out: in each stratum, the `share` of its examples whose
+    hash of (salt, id) is smallest. It depends on the ids alone, not on their order."""
+    keys = np.array([int.from_bytes(hashlib.sha1(f"{salt}:{i}".encode()).digest()[:8], "big")
+                     for i in ids], dtype=np.uint64)
+    mask = np.zeros(len(ids), dtype=bool)
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        chosen = members[np.argsort(keys[members], kind="stable")]
+        mask[chosen[:int(round(share * len(members)))]] = True
+    return mask
 
 
 def subsample_indices(size: int, amount: float | int | None, seed: int) -> np.ndarray:

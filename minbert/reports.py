@@ -184,9 +184,10 @@ def _figure_curves(run: RunData, path):
     names = list(run.tasks)
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(4 * (len(names) + 1), 3.2))
     epochs = [r["epoch"] for r in run.epochs]
+    chosen = "validation" if run.epochs and "validation" in run.epochs[0] else "dev"
     for ax, name in zip(axes, names):
         ax.plot(epochs, [r["train"].get(name, np.nan) for r in run.epochs], "o-", label="train")
-        ax.plot(epochs, [r["dev"].get(name, np.nan) for r in run.epochs], "s-", label="dev")
+        ax.plot(epochs, [r[chosen].get(name, np.nan) for r in run.epochs], "s-", label=chosen)
         ax.set_title(f"{name} {run.tasks[name].metric_name}")
         ax.set_xlabel("epoch")
         ax.legend()

@@ -117,15 +117,20 @@ def build_model(config: RunConfig, tasks: dict[str, Task]) -> tuple[MultiTaskMod
 
 
 def encode_train(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer
-                 ) -> tuple[dict[str, EncodedTask], dict[str, int]]:
-    """Every task's training set, tokenised once; also how many examples each file gave."""
-    train_sets, counts = {}, {}
+                 ) -> tuple[dict[str, EncodedTask], dict[str, EncodedTask], dict[str, int]]:
+    """Every task's training set and, with data.validation > 0, its held-out validation
+    split, tokenised once; also how many training examples each file gave."""
+    train_sets, validation_sets, counts = {}, {}, {}
     for name, task in tasks.items():
-        examples, file_counts = task.read_train(config.data.dir, config.train.seed)
+        examples, held_out, file_counts = task.read_train_and_validation(
+            config.data.dir, config.train.seed, config.data.validation,
+            config.data.validation_seed)
         counts.update(file_counts)
-        train_sets[name] = EncodedTask(name, examples, tokenizer,
-                                       task.cross_encoded(config.model.pair_encoding))
-    return train_sets, counts
+        cross = task.cross_encoded(config.model.pair_encoding)
+        train_sets[name] = EncodedTask(name, examples, tokenizer, cross)
+        if held_out is not None:
+            validation_sets[name] = EncodedTask(name, held_out, tokenizer, cross)
+    return train_sets, validation_sets, counts
 
 
 def encode_split(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer,

@@ -56,9 +56,14 @@ def _own_share(saved, tasks) -> dict:
 class Trainer:
     def __init__(self, config: RunConfig, tasks: dict[str, Task], model: MultiTaskModel,
                  train_sets: dict[str, EncodedTask], dev_sets: dict[str, EncodedTask],
-                 file_counts: dict | None = None):
+                 file_counts: dict | None = None,
+                 validation_sets: dict[str, EncodedTask] | None = None):
         self.config, self.tasks, self.model = config, tasks, model
         self.train_sets, self.dev_sets = train_sets, dev_sets
+        # the epoch is chosen on the held-out validation split when there is one (the dev
+        # files are then scored once, on the chosen model), else on dev
+        self.validation_sets = validation_sets or {}
+        self.selection = "validation" if self.validation_sets else "dev"
         self.folder = RunFolder(config.run_dir)
         self.run_dir = self.folder.path
         self.device = resolve_device(config.train.device)
@@ -156,7 +161,40 @@ class Trainer:
             self.end_epoch()
         distributed.barrier()
         best = self.folder.best
-        return load_state(best, ("metrics",))["metrics"] if best.exists() else {}
+        if not best.exists():
+            return {}
+        state = load_state(best, ("metrics",))
+        if self.selection == "dev":
+            return state["metrics"]
+        return state.get("dev") or self.score_dev_once(state)
+
+    def score_dev_once(self, state: dict) -> dict:
+        """The dev files scored on the model chosen on the validation split, once: into
+        best.pt, the log (a "final" record) and predictions/."""
+        current = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(state["model"])
+        metrics, predictions = evaluate(self.model, self.tasks, self.dev_sets,
+                                        self.config.data.eval_batch_size, self.device,
+                                        self.autocast)
+        self.model.load_state_dict(current)
+        self.log({"type": "final", "selected_epoch": state["epoch"],
+                  "validation": state["metrics"], "dev": metrics})
+        if self.main:
+            tqdm.write(f"epoch {state['epoch']} chosen on the validation split; its dev "
+                       "scores:\n" + format_table(metrics, self.tasks))
+        self.write_dev_predictions(predictions)
+        self._atomic_save({**state, "dev": metrics}, self.folder.best)
+        self.save_checkpoint()  # its log position now includes the final record
+        return metrics
+
+    def write_dev_predictions(self, predictions: dict):
+        if self.main:
+            out = self.folder.predictions
+            out.mkdir(exist_ok=True)
+            for name, values in predictions.items():
+                task = self.tasks[name]
+                write_predictions(out / f"{task.output_prefix}-dev-output.csv", task,
+                                  self.dev_sets[name].examples.ids, values)
 
     def train_step(self, step, window) -> None:
         """Forward every (task, batch) of one step; the combiner does the backward."""
@@ -210,7 +248,8 @@ class Trainer:
 
     def end_epoch(self):
         start = time.perf_counter()
-        metrics, predictions = evaluate(self.model, self.tasks, self.dev_sets,
+        chosen_on = self.validation_sets or self.dev_sets
+        metrics, predictions = evaluate(self.model, self.tasks, chosen_on,
                                         self.config.data.eval_batch_size, self.device,
                                         self.autocast)
         train_metrics = {}
@@ -223,23 +262,19 @@ class Trainer:
                                                               torch.cat(labels).numpy())
         train_metrics["overall"] = overall_score(train_metrics, self.tasks)
         self.log({"type": "epoch", "epoch": self.epoch + 1, "updates": self.updates,
-                  "train": train_metrics, "dev": metrics,
+                  "train": train_metrics, self.selection: metrics,
                   "eval_seconds": round(time.perf_counter() - start, 1)})
         if self.main:
             tqdm.write(f"epoch {self.epoch + 1}: train overall "
-                       f"{train_metrics['overall']:.3f}\n" + format_table(metrics, self.tasks))
+                       f"{train_metrics['overall']:.3f}\n"
+                       + format_table(metrics, self.tasks, self.selection))
         if metrics["overall"] > self.best:
             self.best = metrics["overall"]
             self._atomic_save({"model": self.model.state_dict(), "metrics": metrics,
                                "epoch": self.epoch + 1, "config": self.config.to_dict()},
                               self.folder.best)
-            if self.main:  # the best model's dev predictions
-                out = self.folder.predictions
-                out.mkdir(exist_ok=True)
-                for name, values in predictions.items():
-                    task = self.tasks[name]
-                    write_predictions(out / f"{task.output_prefix}-dev-output.csv", task,
-                                      self.dev_sets[name].examples.ids, values)
+            if self.selection == "dev":  # the best model's dev predictions
+                self.write_dev_predictions(predictions)
         self.epoch += 1
         self.step = 0
         self.train_outputs = {name: ([], []) for name in self.tasks}
@@ -269,7 +304,7 @@ class Trainer:
             for key in ("lr", "examples_per_s", "padding_share"):
                 self.writer.add_scalar(key, record[key], record["updates"])
         elif record["type"] == "epoch":
-            for split in ("train", "dev"):
+            for split in ("train", self.selection):
                 for name, value in record[split].items():
                     self.writer.add_scalar(f"{split}/{name}", value, record["epoch"])
 
@@ -357,10 +392,11 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
     with owner:
         tasks = build_tasks(config)
         model, tokenizer = build_model(config, tasks)
-        train_sets, counts = encode_train(config, tasks, tokenizer)
+        train_sets, validation_sets, counts = encode_train(config, tasks, tokenizer)
         dev_sets = encode_split(config, tasks, tokenizer, "dev")
         try:
-            return Trainer(config, tasks, model, train_sets, dev_sets, counts).fit()
+            return Trainer(config, tasks, model, train_sets, dev_sets, counts,
+                           validation_sets).fit()
         finally:
             distributed.shutdown()
 

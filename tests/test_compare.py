@@ -95,3 +95,19 @@ def test_runs_scored_on_different_examples_are_refused(tmp_path, capsys):
         assert "different dev examples" in capsys.readouterr().err
     finally:
         reports.load_run = original
+
+
+def test_seed_folders_are_compared_seed_by_seed(tmp_path, capsys):
+    import json
+    for name, overall in (("a", [0.72, 0.73, 0.74]), ("b", [0.70, 0.72, 0.71])):
+        (tmp_path / name).mkdir()
+        runs = {str(s): {"sst": 0.5, "overall": v} for s, v in enumerate(overall)}
+        (tmp_path / name / "seeds.json").write_text(json.dumps({"runs": runs}))
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    # differences 0.02, 0.01, 0.03: mean 0.02, s 0.01, t(0.975, 2) = 4.303
+    half = 4.302653 * 0.01 / 3 ** 0.5
+    assert "mean over the common seeds" in out
+    assert f"[{0.02 - half:+.4f}, {0.02 + half:+.4f}]" in out
+    line = next(x for x in out.splitlines() if x.startswith("overall"))
+    assert "not distinguishable" in line  # +0.02 on average, but three seeds cannot tell

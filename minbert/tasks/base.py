@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minbert.data import Examples, read_examples, subsample_indices
+from minbert.data import Examples, held_out_mask, read_examples, subsample_indices
 from minbert.registry import Registry
 
 # task kinds by their `kind`; a kind's options are its dataclass fields
@@ -100,13 +100,30 @@ class Task:
                              self.parse_label)
 
     def read_train(self, data_dir: str | Path, seed: int) -> tuple[Examples, dict[str, int]]:
+        """The training set and the count each file gave (see read_train_and_validation)."""
+        examples, _, counts = self.read_train_and_validation(data_dir, seed)
+        return examples, counts
+
+    def read_train_and_validation(self, data_dir: str | Path, seed: int,
+                                  validation: float = 0.0, validation_seed: int = 0
+                                  ) -> tuple[Examples, Examples | None, dict[str, int]]:
         """The training set: every train file (a name, or {path, subsample}), each
-        subsampled on its own, then the whole subsampled; also the count each file gave."""
-        parts, counts = [], {}
+        subsampled on its own, then the whole subsampled; also the count each file gave.
+
+        With `validation` > 0 that share of every file is held out first, before any
+        subsampling, stratified by `strata` and chosen by a hash of (validation_seed, task,
+        example id): the same examples on every run and machine, whatever the subsampling,
+        order of rows or run seed. The held-out examples are returned as the second value."""
+        parts, held, counts = [], [], {}
         for number, entry in enumerate(self.train_files):
             entry = {"path": entry} if isinstance(entry, str) else dict(entry)
             path = Path(data_dir) / entry["path"]
             part = self.read(path)
+            if validation:
+                mask = held_out_mask(part.ids, self.strata(part.labels), validation,
+                                     f"{validation_seed}:{self.name}")
+                held.append(part.subset(np.flatnonzero(mask)))
+                part = part.subset(np.flatnonzero(~mask))
             part = part.subset(subsample_indices(len(part), entry.get("subsample"),
                                                  seed + 7919 * (number + 1)))
             counts[str(path)] = len(part)
@@ -114,7 +131,12 @@ class Task:
         if not parts:
             raise ValueError(f"tasks.{self.name}.train_files is empty")
         examples = Examples.concatenate(parts)
-        return examples.subset(subsample_indices(len(examples), self.subsample, seed)), counts
+        examples = examples.subset(subsample_indices(len(examples), self.subsample, seed))
+        return examples, Examples.concatenate(held) if held else None, counts
+
+    def strata(self, labels: np.ndarray) -> np.ndarray:
+        """A stratum per example for the held-out split (classes, or bands of a score)."""
+        raise NotImplementedError
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Batch-mean training loss; logits (batch, num_outputs), labels (batch,)."""

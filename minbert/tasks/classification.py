@@ -1,9 +1,8 @@
 """Classification: softmax over N classes, or one logit (Bernoulli) when N = 2."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -81,6 +80,9 @@ class ClassificationTask(Task):
 
     def format_prediction(self, value) -> str:
         return str(int(value))
+
+    def strata(self, labels):
+        return np.asarray(labels).astype(int)
 
     def divergence(self, logits, target, kind):
         kl = _kl_bernoulli if self.binary else _kl_categorical

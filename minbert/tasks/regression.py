@@ -1,9 +1,8 @@
 """Regression onto a bounded range: the model emits a logit, a sigmoid maps it into the range."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -83,6 +82,11 @@ class RegressionTask(Task):
         if kind == "sym-kl":
             return (kl(q, p) + kl(p, q)).mean()
         raise ValueError(f"unknown divergence {kind!r}; use 'kl', 'sym-kl' or 'squared'")
+
+    def strata(self, labels):
+        """Five equal bands of the score range (fixed edges: the same on every file)."""
+        edges = np.linspace(self.low, self.high, 6)[1:-1]
+        return np.digitize(np.asarray(labels, dtype=np.float64), edges)
 
     def overall_share(self, value: float) -> float:
         """A correlation r counts as (r + 1) / 2, on the scale of an accuracy."""
