@@ -3,6 +3,14 @@ from minbert.pretrained import OFFLINE_DEFAULT, CheckpointError
 from minbert.model import BertConfig, BertModel, ConfigError
 from minbert.tokenizer import Tokenizer
 
+
+def load(runs, device: str | None = None, precision: str | None = None):
+    """A predictor for one trained run folder, or an ensemble of several (a list):
+    `minbert.load("runs/best-cpu").predict("sst", ["a great film"])`."""
+    from minbert.predictor import load as load_predictor
+    return load_predictor(runs, device, precision)
+
+
 __all__ = ["BertConfig", "BertModel", "CheckpointError", "ConfigError", "OFFLINE_DEFAULT",
-           "Tokenizer"]
+           "Tokenizer", "load"]
 __version__ = "0.1.0"

@@ -51,60 +51,95 @@ def _train_seeds(config, args):
     return 0
 
 
-def _placement(args, config):
-    """The device and autocast dtype of evaluate/predict: the flags, else the run's."""
-    from minbert.runs import resolve_device, resolve_precision
-    device = resolve_device(args.device or config.train.device,
-                            "--device" if args.device else "train.device")
-    autocast, precision = resolve_precision(args.precision or config.train.precision, device)
-    print(f"device {device}, precision {precision}", file=sys.stderr)
-    return device, autocast
+def _predictor(args, folders):
+    """The runs as one predictor (an ensemble when there are several), each folder checked
+    before any model loads."""
+    from minbert.predictor import Predictor
+    from minbert.runs import check_run_folder, load_run, resolve_device
+    for folder in folders:
+        check_run_folder(folder)
+    if args.device:  # a device this machine lacks fails before the models load
+        resolve_device(args.device, "--device")
+    predictor = Predictor([load_run(folder) for folder in folders], args.device,
+                          args.precision)
+    print(f"device {predictor.device}, precision {predictor.precision}"
+          + (f", ensemble of {len(folders)} runs" if len(folders) > 1 else ""),
+          file=sys.stderr)
+    return predictor
+
+
+def _split_inputs(task, examples):
+    return examples.texts[0] if len(examples.texts) == 1 else list(zip(*examples.texts))
 
 
 def cmd_evaluate(args):
-    from minbert.evaluation import evaluate, format_table
-    from minbert.runs import (check_run_folder, encode_split, load_run, resolve_device,
-                              writable_folder, write_text_atomic)
-    folder = writable_folder(check_run_folder(args.run_dir).path, "run")
-    if args.device:  # a device this machine lacks fails before the model loads
-        resolve_device(args.device, "--device")
-    run = load_run(folder)
-    device, autocast = _placement(args, run.config)
-    run.model.to(device)
-    dev = encode_split(run.config, run.tasks, run.tokenizer, "dev")
-    metrics, _ = evaluate(run.model, run.tasks, dev, run.config.data.eval_batch_size, device,
-                          autocast)
-    print(format_table(metrics, run.tasks))
-    write_text_atomic(folder / "dev-metrics.json", json.dumps(metrics, indent=2) + "\n")
+    from minbert.evaluation import format_table, overall_score
+    from minbert.runs import check_run_folder, writable_folder, write_text_atomic
+    single = len(args.run_dirs) == 1
+    if single:  # its dev-metrics.json goes into the run folder
+        writable_folder(check_run_folder(args.run_dirs[0]).path, "run")
+    predictor = _predictor(args, args.run_dirs)
+    config, metrics = predictor.runs[0].config, {}
+    for name, task in predictor.tasks.items():
+        if not task.dev_file:
+            continue
+        examples = task.read(Path(config.data.dir) / task.dev_file)
+        if config.data.dev_limit:
+            examples = examples.subset(range(min(len(examples), config.data.dev_limit)))
+        prediction = predictor.predict(name, _split_inputs(task, examples),
+                                       config.data.eval_batch_size)
+        metrics[name] = task.metric(prediction.values, examples.labels)
+    metrics["overall"] = overall_score(metrics, predictor.tasks)
+    print(format_table(metrics, predictor.tasks))
+    if single:
+        write_text_atomic(Path(args.run_dirs[0]) / "dev-metrics.json",
+                          json.dumps(metrics, indent=2) + "\n")
     return 0
 
 
 def cmd_predict(args):
-    from minbert.evaluation import predict, write_predictions
-    from minbert.runs import (check_run_folder, encode_split, load_run, resolve_device,
-                              writable_folder)
-    folder = check_run_folder(args.run_dir)
+    from minbert.evaluation import write_predictions
+    from minbert.runs import check_run_folder, writable_folder
+    if args.task or args.input:
+        return _predict_new_text(args)
+    if len(args.run_dirs) > 1 and not args.out:
+        raise ValueError("an ensemble's leaderboard files need --out FOLDER")
+    folder = check_run_folder(args.run_dirs[0])
     out = writable_folder(args.out or folder.predictions, "output")
-    if args.device:
-        resolve_device(args.device, "--device")
-    run = load_run(folder.path)
-    config, tasks = run.config, run.tasks
-    device, autocast = _placement(args, config)
-    run.model.to(device)
-    config.data.dev_limit = 0  # leaderboard files cover the whole split
+    predictor = _predictor(args, args.run_dirs)
+    config = predictor.runs[0].config
     for split in args.splits:
-        for name, task in tasks.items():
+        for name, task in predictor.tasks.items():
             file = task.dev_file if split == "dev" else task.test_file
             if not file or not (Path(config.data.dir) / file).is_file():
                 print(f"skip {name} {split}: no file {Path(config.data.dir) / (file or '?')}")
                 continue
-            data = encode_split(config, {name: task}, run.tokenizer, split,
-                                labelled=split == "dev")[name]
-            predictions = predict(run.model, task, data, config.data.eval_batch_size, device,
-                                  autocast)
+            examples = task.read(Path(config.data.dir) / file, labelled=split == "dev")
+            prediction = predictor.predict(name, _split_inputs(task, examples),
+                                           config.data.eval_batch_size)
             path = out / f"{task.output_prefix}-{split}-output.csv"
-            write_predictions(path, task, data.examples.ids, predictions)
-            print(f"wrote {path} ({len(predictions)} rows)")
+            write_predictions(path, task, examples.ids, prediction.values)
+            print(f"wrote {path} ({len(examples)} rows)")
+    return 0
+
+
+def _predict_new_text(args):
+    from minbert.predictor import read_inputs, write_outputs
+    from minbert.runs import writable_folder
+    if not (args.task and args.input):
+        raise ValueError("predicting on new text needs both --task and --input FILE (or -)")
+    if args.out:
+        writable_folder(Path(args.out).resolve().parent, "output")
+    predictor = _predictor(args, args.run_dirs)
+    if args.task not in predictor.tasks:
+        raise ValueError(f"--task {args.task}: the run has {', '.join(predictor.tasks)}")
+    task = predictor.tasks[args.task]
+    columns = args.columns.split(",") if args.columns else list(task.text_columns)
+    inputs = read_inputs(args.input, len(task.text_columns), columns)
+    prediction = predictor.predict(args.task, inputs, progress=len(inputs) > 1000)
+    write_outputs(args.out, inputs, prediction)
+    if args.out:
+        print(f"wrote {args.out} ({len(inputs)} rows)", file=sys.stderr)
     return 0
 
 
@@ -165,17 +200,28 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in RUN_DIR/seed-N, then a summary (RUN_DIR/seeds.json)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-5")
     p.set_defaults(func=cmd_train)
-    for name, func, text in (("evaluate", cmd_evaluate, "dev metrics of a run's best model"),
-                             ("predict", cmd_predict, "leaderboard prediction files")):
+    for name, func, text in (
+            ("evaluate", cmd_evaluate, "dev metrics of a run's best model (several runs: "
+                                       "their ensemble)"),
+            ("predict", cmd_predict, "leaderboard prediction files, or predictions on new "
+                                     "text with --task and --input")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("run_dir", help="a run folder written by `minbert train`")
+        p.add_argument("run_dirs", nargs="+", metavar="run_dir",
+                       help="run folder(s) written by `minbert train`; several: an ensemble")
         p.add_argument("--device", help="cpu, cuda, ... (default: the run's)")
         p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                        help="autocast precision (default: the run's train.precision)")
         if name == "predict":
-            p.add_argument("--out", help="output folder (default RUN_DIR/predictions)")
+            p.add_argument("--out", help="leaderboard mode: output folder (default "
+                                         "RUN_DIR/predictions); new text: a .csv or .jsonl "
+                                         "file (default: CSV on stdout)")
             p.add_argument("--splits", nargs="+", default=["dev", "test"],
                            choices=["dev", "test"])
+            p.add_argument("--task", help="new text: the task to predict (sst, quora, ...)")
+            p.add_argument("--input", help="new text: a file of one sentence a line, or a "
+                                           "CSV/TSV of pairs with a header; - for stdin")
+            p.add_argument("--columns", help="new text: the pair columns, e.g. q1,q2 "
+                                             "(default: the task's text columns)")
         p.set_defaults(func=func)
     p = sub.add_parser("report", help="tables and figures (HTML) from one or more runs")
     p.add_argument("run_dirs", nargs="+", help="run folders written by `minbert train`")
@@ -212,13 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     from minbert.compare import CompareError
     from minbert.data import DataError
+    from minbert.predictor import PredictError
     from minbert.pretrained import CheckpointError
     from minbert.runs import RunError
     from minbert.training import TrainingError
     try:
         return args.func(args)
-    except (ConfigKeyError, DataError, CheckpointError, CompareError, RunError, TrainingError,
-            FileNotFoundError, ValueError) as e:
+    except (ConfigKeyError, DataError, CheckpointError, CompareError, PredictError, RunError,
+            TrainingError, FileNotFoundError, ValueError) as e:
         print(f"minbert {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the disk, not the code: a full disk, a permission, a lost mount

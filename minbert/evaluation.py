@@ -19,24 +19,35 @@ def overall_score(metrics: dict[str, float], tasks: dict[str, Task]) -> float:
 
 
 @torch.inference_mode()
-def predict(model, task: Task, data: EncodedTask, batch_size: int, device,
-            autocast_dtype=None) -> np.ndarray:
-    """Predictions in label units for every example of `data`, in file order; batches are
-    sorted by length (little padding) and run under `autocast_dtype` (None: fp32)."""
+def outputs(model, task: Task, data: EncodedTask, batch_size: int, device,
+            autocast_dtype=None, progress: bool = False) -> torch.Tensor:
+    """The model's outputs (examples, task.num_outputs) for every example of `data`, in file
+    order; batches sorted by length (little padding), under `autocast_dtype` (None: fp32)."""
     was_training = model.training
     model.eval()
-    out = torch.zeros(len(data), dtype=torch.float64)
+    out = torch.zeros(len(data), task.num_outputs, dtype=torch.float64)
     batches = list(data.sorted_batches(batch_size))
-    for indices in batches[distributed.rank()::distributed.world_size()]:  # DDP: a share
+    mine = batches[distributed.rank()::distributed.world_size()]  # DDP: a share
+    if progress:
+        from tqdm import tqdm
+        mine = tqdm(mine, desc=data.name, unit="batch", mininterval=2, leave=False)
+    for indices in mine:
         batch = data.batch(indices).to(device)
         with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
                             enabled=autocast_dtype is not None):
-            logits = model(batch)
-        out[torch.as_tensor(indices)] = task.predict(logits.float()).cpu().double()
+            logits = model(batch).float()
+        out[torch.as_tensor(indices)] = logits.cpu().double()
     model.train(was_training)
     if distributed.active():  # every rank filled its own batches; the sum is all of them
         out = distributed.all_reduce_sum_(out.to(device)).cpu()
-    return out.numpy()
+    return out
+
+
+def predict(model, task: Task, data: EncodedTask, batch_size: int, device,
+            autocast_dtype=None) -> np.ndarray:
+    """Predictions in label units for every example of `data`, in file order."""
+    logits = outputs(model, task, data, batch_size, device, autocast_dtype)
+    return task.predict(logits.float()).double().numpy()
 
 
 def evaluate(model, tasks: dict[str, Task], datasets: dict[str, EncodedTask], batch_size: int,

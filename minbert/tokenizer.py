@@ -88,6 +88,11 @@ class Tokenizer:
         inputs = list(first) if second is None else list(zip(first, second, strict=True))
         return [(e.ids, e.type_ids) for e in self.backend.encode_batch(inputs)]
 
+    def count_truncated(self, first: Sequence[str], second: Sequence[str] | None = None) -> int:
+        """How many inputs are longer than max_length (and so are cut)."""
+        inputs = list(first) if second is None else list(zip(first, second, strict=True))
+        return sum(1 for e in self.backend.encode_batch(inputs) if e.overflowing)
+
     def __call__(self, first: Sequence[str] | str, second: Sequence[str] | str | None = None
                  ) -> dict[str, torch.Tensor]:
         if isinstance(first, str):

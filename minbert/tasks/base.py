@@ -146,6 +146,10 @@ class Task:
         """Predictions in label units (class index or score)."""
         raise NotImplementedError
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """Class probabilities (batch, classes); None for a task that predicts a score."""
+        return None
+
     def metric(self, predictions: np.ndarray, labels: np.ndarray) -> float:
         raise NotImplementedError
 

@@ -70,6 +70,13 @@ class ClassificationTask(Task):
             return F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels)
         return F.cross_entropy(logits, labels.long())
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(batch, num_classes) class probabilities (a binary task: [1 − p, p])."""
+        if self.binary:
+            p = torch.sigmoid(logits.squeeze(-1))
+            return torch.stack([1 - p, p], dim=-1)
+        return F.softmax(logits, dim=-1)
+
     def predict(self, logits):
         if self.binary:
             return (logits.squeeze(-1) > 0).long()

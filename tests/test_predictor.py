@@ -1,0 +1,145 @@
+"""Using a trained run: the Python API, predictions on new text from the CLI, ensembles,
+and the messages bad input gets."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import minbert
+from minbert import cli
+from minbert.config import build_config
+from minbert.predictor import PredictError
+from minbert.training import train
+
+from helpers import tiny_config_values, write_task_files
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_checkpoint):
+    """Two one-epoch tiny runs (seeds 0 and 1) over the fixture tasks."""
+    root = tmp_path_factory.mktemp("predict")
+    (root / "data").mkdir()
+    write_task_files(root / "data", repeat=2)
+    folders = []
+    for seed in (0, 1):
+        values = tiny_config_values(root / "data", tiny_checkpoint, root / f"run{seed}",
+                                    epochs=1, seed=seed)
+        train(build_config(values))
+        folders.append(root / f"run{seed}")
+    return folders
+
+
+def test_api_predictions_on_dev_equal_the_training_evaluation(trained):
+    from minbert.evaluation import evaluate
+    from minbert.runs import encode_split, load_run
+    run = load_run(trained[0])
+    dev = encode_split(run.config, run.tasks, run.tokenizer, "dev")
+    _, expected = evaluate(run.model, run.tasks, dev, 8, torch.device("cpu"))
+    model = minbert.load(trained[0], precision="fp32")
+    for name, data in dev.items():
+        texts = data.examples.texts
+        inputs = texts[0] if len(texts) == 1 else list(zip(*texts))
+        prediction = model.predict(name, inputs)
+        np.testing.assert_allclose(prediction.values, expected[name], rtol=1e-6)
+        if prediction.probabilities is not None:
+            assert np.allclose(prediction.probabilities.sum(1), 1.0)
+            assert (prediction.probabilities.argmax(1) == prediction.labels).all()
+
+
+def test_the_python_api_reads_like_the_readme(trained):
+    model = minbert.load(str(trained[0]))
+    sst = model.predict("sst", ["the movie is good", "an awful movie"])
+    assert sst.labels.shape == (2,) and sst.probabilities.shape == (2, 5)
+    quora = model.predict("quora", [("how do i learn python ?", "how do you learn python ?")])
+    assert quora.probabilities.shape == (1, 2) and 0 <= quora.probabilities[0, 1] <= 1
+    sts = model.predict("sts", [("a man plays guitar .", "a man plays the guitar .")])
+    assert sts.scores.shape == (1,) and 0 <= sts.scores[0] <= 5
+
+
+def test_an_ensemble_of_one_run_is_the_run_and_of_two_averages(trained):
+    one = minbert.load(trained[0], precision="fp32")
+    alone = minbert.load([trained[0]], precision="fp32")
+    pair = minbert.load(trained, precision="fp32")
+    second = minbert.load(trained[1], precision="fp32")
+    inputs = ["the movie is good", "a great movie", "awful"]
+    assert np.array_equal(one.predict("sst", inputs).probabilities,
+                          alone.predict("sst", inputs).probabilities)
+    mean = (one.predict("sst", inputs).probabilities
+            + second.predict("sst", inputs).probabilities) / 2
+    np.testing.assert_allclose(pair.predict("sst", inputs).probabilities, mean, rtol=1e-6)
+    pairs = [("a dog runs .", "a cat runs .")]
+    np.testing.assert_allclose(pair.predict("sts", pairs).scores,
+                               (one.predict("sts", pairs).scores
+                                + second.predict("sts", pairs).scores) / 2, rtol=1e-6)
+
+
+def test_an_ensemble_of_runs_with_other_tasks_is_refused(trained, tmp_path, tiny_checkpoint):
+    (tmp_path / "data").mkdir()
+    values = tiny_config_values(write_task_files(tmp_path / "data"), tiny_checkpoint,
+                                tmp_path / "sst-only", epochs=1)
+    values["data"]["tasks"] = ["sst"]
+    values["tasks"] = {"sst": values["tasks"]["sst"]}
+    train(build_config(values))
+    with pytest.raises(PredictError, match=r"has tasks \['sst'\].*the same tasks"):
+        minbert.load([trained[0], tmp_path / "sst-only"])
+
+
+def test_bad_inputs_get_their_messages(trained):
+    model = minbert.load(trained[0])
+    with pytest.raises(PredictError, match="no task 'nli' in this run; it has sst, quora, sts"):
+        model.predict("nli", ["x"])
+    with pytest.raises(PredictError, match="input 2: an empty text"):
+        model.predict("sst", ["good", "  "])
+    with pytest.raises(PredictError, match="input 1: task quora takes a pair of sentences"):
+        model.predict("quora", ["just one"])
+    long = " ".join(["good"] * 100)  # the tiny run's max_length is 32
+    with pytest.warns(UserWarning, match="2 of 3 inputs are longer than 32 tokens") as caught:
+        model.predict("sst", [long, "good", long])
+    assert len([w for w in caught if "longer than" in str(w.message)]) == 1
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_cli_on_new_text_round_trips(trained, tmp_path, capsys, suffix):
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("the movie is good\nan awful movie\n", encoding="utf-8")
+    out = tmp_path / f"sst{suffix}"
+    assert cli.main(["predict", str(trained[0]), "--task", "sst", "--input", str(sentences),
+                     "--out", str(out), "--precision", "fp32"]) == 0
+    expected = minbert.load(trained[0], precision="fp32").predict(
+        "sst", ["the movie is good", "an awful movie"])
+    if suffix == ".jsonl":
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    else:
+        with open(out, newline="") as fp:
+            rows = list(csv.DictReader(fp))
+    assert [r["text"] for r in rows] == ["the movie is good", "an awful movie"]
+    assert [int(r["label"]) for r in rows] == expected.labels.tolist()
+    assert float(rows[0]["p_4"]) == pytest.approx(expected.probabilities[0, 4], abs=1e-6)
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("q1\tq2\nhow do i cook rice ?\thow do you cook rice ?\n", encoding="utf-8")
+    assert cli.main(["predict", str(trained[0]), "--task", "quora", "--input", str(pairs),
+                     "--columns", "q1,q2"]) == 0
+    printed = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert printed[0]["text1"] == "how do i cook rice ?" and "p_1" in printed[0]
+
+
+@pytest.mark.parametrize("content, args, message", [
+    ("good\n\nbad\n", ["--task", "sst"], "sentences.txt, line 2: an empty line"),
+    ("a\tb\nx\ty\n", ["--task", "quora"],
+     "no column(s) ['sentence1', 'sentence2']; the header has ['a', 'b']"),
+    ("good\n", ["--task", "nli"], "--task nli: the run has sst, quora, sts"),
+])
+def test_cli_bad_new_text_names_the_problem(trained, tmp_path, capsys, content, args, message):
+    source = tmp_path / "sentences.txt"
+    source.write_text(content, encoding="utf-8")
+    assert cli.main(["predict", str(trained[0]), "--input", str(source), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_evaluates_an_ensemble(trained, capsys):
+    assert cli.main(["evaluate", *map(str, trained), "--precision", "fp32"]) == 0
+    captured = capsys.readouterr()
+    assert "ensemble of 2 runs" in captured.err and "overall" in captured.out
