@@ -4,15 +4,19 @@ that holds everything it produced.
     RUN_DIR/config.json     the full config, written when the run starts
     RUN_DIR/log.jsonl       one JSON record a line: start, step windows, epochs, resumes
     RUN_DIR/checkpoint.pt   the resumable state (every train.checkpoint_every updates)
-    RUN_DIR/best.pt         the model with the best dev overall score, its metrics, config
+    RUN_DIR/best.pt         the model with the best overall score on the selection split
+                            (dev, or data.validation's held-out split; then also its dev
+                            scores), its metrics and config
     RUN_DIR/predictions/    leaderboard files (the best model's dev files; `minbert predict`)
     RUN_DIR/run.lock        held by the process that trains in the folder
+    RUN_DIR/seed-N/, seeds.json   with `--seeds`: one such run per seed, and their summary
 
 Run files are written atomically (a temporary file of this process, then a rename) and
 read with `torch.load(weights_only=True)`: tensors and plain containers only, so a
 shared run folder cannot run code. A folder belongs to one training process at a time,
 and a run is never replaced by accident: a folder that holds one resumes it or is
-refused, unless the user asks to overwrite it.
+refused, unless the user asks to overwrite it (a run killed before its first checkpoint,
+which kept nothing, simply starts again).
 """
 from __future__ import annotations
 

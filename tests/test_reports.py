@@ -121,24 +121,3 @@ def test_a_run_without_its_log_or_predictions_names_what_is_missing(runs, tmp_pa
 def test_report_command(runs, tmp_path, capsys):
     assert cli.main(["report", *map(str, runs), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "index.html").exists()
-
-
-@pytest.mark.slow
-def test_export_loads_in_transformers_with_equal_outputs(runs, tmp_path):
-    transformers = pytest.importorskip("transformers")
-    import torch
-    from minbert.tokenizer import Tokenizer
-    assert cli.main(["export", str(runs[0]), str(tmp_path / "hf")]) == 0
-    from minbert.runs import load_run
-    model = load_run(runs[0]).model
-    theirs = transformers.BertModel.from_pretrained(str(tmp_path / "hf")).eval()
-    batch = Tokenizer.from_pretrained(tmp_path / "hf")(["the movie is good", "a cat"])
-    with torch.no_grad():
-        ours = model.encoder(**batch)
-        reference = theirs(**batch)
-    real = batch["attention_mask"].bool()
-    torch.testing.assert_close(ours[0][real], reference.last_hidden_state[real], atol=1e-5,
-                               rtol=0)
-    from minbert.export import load_heads
-    heads = load_heads(tmp_path / "hf")
-    assert torch.equal(heads["sst.out.weight"], model.heads["sst"].out.weight)

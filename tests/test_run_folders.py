@@ -139,14 +139,6 @@ def test_overwrite_replaces_the_run_on_purpose(run_copy, tmp_path):
     assert (run / "notes.txt").read_text() == "mine"  # files the run did not write stay
 
 
-@pytest.mark.parametrize("inside", ["", "heads"])
-def test_export_refuses_to_write_into_its_run(run_copy, capsys, inside):
-    run, _ = run_copy
-    config = (run / "config.json").read_bytes()
-    err = cli_error(["export", str(run), str(run / inside)], capsys)
-    assert "is the run folder" in err and (run / "config.json").read_bytes() == config
-
-
 def test_predict_on_a_folder_that_is_not_a_run_creates_nothing(tmp_path, capsys):
     err = cli_error(["predict", str(tmp_path)], capsys)
     assert "config.json: not found" in err and not (tmp_path / "predictions").exists()

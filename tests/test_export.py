@@ -1,0 +1,48 @@
+"""`minbert export`: the fine-tuned encoder as an HF folder (transformers loads it and gives
+the same outputs) with the heads beside it; never written into the run it comes from."""
+import pytest
+import torch
+
+from minbert import cli
+from minbert.config import build_config
+from minbert.runs import load_run
+from minbert.training import train
+
+from helpers import tiny_config_values, write_task_files
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("export")
+    (root / "data").mkdir()
+    values = tiny_config_values(write_task_files(root / "data"), tiny_checkpoint, root / "run",
+                                epochs=1)
+    train(build_config(values))
+    return root / "run"
+
+
+def test_export_loads_in_transformers_with_equal_outputs(run, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from minbert.export import load_heads
+    from minbert.tokenizer import Tokenizer
+    assert cli.main(["export", str(run), str(tmp_path / "hf")]) == 0
+    model = load_run(run).model
+    theirs = transformers.BertModel.from_pretrained(str(tmp_path / "hf")).eval()
+    batch = Tokenizer.from_pretrained(tmp_path / "hf")(["the movie is good", "a cat"])
+    with torch.no_grad():
+        ours = model.encoder(**batch)
+        reference = theirs(**batch)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(ours[0][real], reference.last_hidden_state[real], atol=1e-5,
+                               rtol=0)
+    heads = load_heads(tmp_path / "hf")
+    assert torch.equal(heads["sst.out.weight"], model.heads["sst"].out.weight)
+
+
+@pytest.mark.parametrize("inside", ["", "heads"])
+def test_export_refuses_to_write_into_its_run(run, capsys, inside):
+    config = (run / "config.json").read_bytes()
+    assert cli.main(["export", str(run), str(run / inside)]) == 2
+    err = capsys.readouterr().err
+    assert "is the run folder" in err and "Traceback" not in err
+    assert (run / "config.json").read_bytes() == config
