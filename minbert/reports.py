@@ -288,8 +288,59 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     markdown += ["| " + " | ".join([r[0], *[f"{x:.3f}" for x in r[1:]]]) + " |" for r in rows]
     (out / "ablation.md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
-    (out / "index.html").write_text(_html(results, header, rows), encoding="utf-8")
+    differences = run_differences(runs, out)
+    (out / "index.html").write_text(_html(results, header, rows, differences),
+                                    encoding="utf-8")
     return out / "index.html"
+
+
+def run_differences(runs: list[RunData], out: Path) -> dict:
+    """Each run against the first, per task and overall, with 95% paired-bootstrap
+    intervals over the dev examples both scored (minbert.compare), into differences.md
+    and a figure of the differences with their interval bars against zero. Runs scored
+    on other examples or tasks than the first are left out and named."""
+    from minbert.compare import compare_predictions
+    reference, compared, skipped = runs[0], {}, []
+    for run in runs[1:]:
+        if list(run.tasks) != list(reference.tasks) or run.ids != reference.ids:
+            skipped.append(run.name)
+            continue
+        compared[run.name] = compare_predictions(run.tasks, run.labels, run.predictions,
+                                                 reference.predictions)
+    if not compared:
+        return {"reference": reference.name, "rows": {}, "skipped": skipped, "figure": None}
+    lines = [f"Each run minus {reference.name} (95% paired-bootstrap interval, 10,000 "
+             "resamples of the dev examples)", "",
+             "| run | measure | difference | 95% interval | verdict |", "|---|---|---|---|---|"]
+    for name, rows in compared.items():
+        lines += [f"| {name} | {r.name} | {r.difference:+.4f} | [{r.low:+.4f}, {r.high:+.4f}] "
+                  f"| {r.verdict} |" for r in rows]
+    if skipped:
+        lines += ["", f"Not compared (other dev examples or tasks): {', '.join(skipped)}"]
+    (out / "differences.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    figure = out / "differences.png"
+    _figure_differences(compared, reference.name, figure)
+    return {"reference": reference.name, "rows": compared, "skipped": skipped,
+            "figure": figure}
+
+
+def _figure_differences(compared: dict, reference: str, path: Path):
+    import matplotlib.pyplot as plt
+    measures = [r.name for r in next(iter(compared.values()))]
+    fig, axes = plt.subplots(1, len(measures), figsize=(3.2 * len(measures),
+                                                         0.6 * len(compared) + 1.6))
+    for ax, measure in zip(np.atleast_1d(axes), measures):
+        for y, (name, rows) in enumerate(compared.items()):
+            r = next(x for x in rows if x.name == measure)
+            ax.errorbar(r.difference, y, xerr=[[r.difference - r.low], [r.high - r.difference]],
+                        fmt="o", capsize=3)
+        ax.axvline(0, color="grey", linewidth=1)
+        ax.set_yticks(range(len(compared)), list(compared) if measure == measures[0] else [])
+        ax.set_title(measure)
+    fig.suptitle(f"difference from {reference} (95% interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def _table(header, rows, fmt="{:.3f}") -> str:
@@ -302,7 +353,7 @@ def _table(header, rows, fmt="{:.3f}") -> str:
     return f"<table><tr>{cells}</tr>{body}</table>"
 
 
-def _html(results, header, rows) -> str:
+def _html(results, header, rows, differences: dict | None = None) -> str:
     parts = ["<!doctype html><meta charset='utf-8'><title>minbert report</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
              "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;"
@@ -313,6 +364,16 @@ def _html(results, header, rows) -> str:
              "numbers of all-MiniLM-L6-v2 runs are not clean transfer results: that model "
              "was pre-trained on pairs that include Quora duplicates.</p>",
              _table(header, rows)]
+    if differences and differences["rows"]:
+        parts.append(f"<h2>Differences from {html.escape(differences['reference'])}</h2>"
+                     "<p>95% paired-bootstrap intervals over the same dev examples; an "
+                     "interval that holds zero is not distinguishable here.</p>")
+        parts.append(_table(["run", "measure", "difference", "low", "high", "verdict"],
+                            [[name, r.name, r.difference, r.low, r.high, r.verdict]
+                             for name, rows in differences["rows"].items() for r in rows],
+                            fmt="{:+.4f}"))
+        data = base64.b64encode(differences["figure"].read_bytes()).decode("ascii")
+        parts.append(f"<p><img alt='differences' src='data:image/png;base64,{data}'></p>")
     for result in results:
         parts.append(f"<h2>{html.escape(result['name'])}</h2>")
         parts.append(_table(["task", "metric"], [[k, v] for k, v in result["metrics"].items()]))

@@ -121,3 +121,16 @@ def test_a_run_without_its_log_or_predictions_names_what_is_missing(runs, tmp_pa
 def test_report_command(runs, tmp_path, capsys):
     assert cli.main(["report", *map(str, runs), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "index.html").exists()
+
+
+@pytest.mark.slow
+def test_the_report_gives_each_runs_difference_from_the_first_with_intervals(runs, tmp_path):
+    from minbert.compare import compare_runs
+    write_report(runs, tmp_path / "out")
+    table = (tmp_path / "out" / "differences.md").read_text()
+    expected = compare_runs(runs[1], runs[0])  # the same seeded bootstrap
+    for row in expected:
+        assert f"| bi | {row.name} | {row.difference:+.4f} | [{row.low:+.4f}, " \
+               f"{row.high:+.4f}] | {row.verdict} |" in table
+    assert (tmp_path / "out" / "differences.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Differences from cross" in (tmp_path / "out" / "index.html").read_text()
