@@ -2,7 +2,8 @@
 
 The folder (config.json, model.safetensors, vocab.txt / tokenizer files) loads with
 `transformers.BertModel.from_pretrained` or `minbert.BertModel.from_pretrained`; the task
-heads go to heads.safetensors with heads.json describing them.
+heads go to heads.safetensors with heads.json describing them (and the run's config), so
+`minbert.load(OUT)` predicts with it as with the run folder.
 """
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ def export_run(model, config, out: str | Path) -> Path:
         "pair_encoding": config.model.pair_encoding, "pooling": config.model.pooling,
         "similarity_head": config.model.similarity_head,
         "heads": {task: type(head).__name__ for task, head in model.heads.items()},
-        "tasks": config.data.tasks}, indent=2), encoding="utf-8")
+        "tasks": config.data.tasks,
+        "run_config": config.to_dict()},  # what minbert.load needs to rebuild the tasks
+        indent=2), encoding="utf-8")
     return out
 
 

@@ -46,3 +46,15 @@ def test_export_refuses_to_write_into_its_run(run, capsys, inside):
     err = capsys.readouterr().err
     assert "is the run folder" in err and "Traceback" not in err
     assert (run / "config.json").read_bytes() == config
+
+
+def test_an_exported_folder_predicts_like_its_run(run, tmp_path):
+    import numpy as np
+    import minbert
+    assert cli.main(["export", str(run), str(tmp_path / "out")]) == 0
+    inputs = {"sst": ["the movie is good", "awful"],
+              "sts": [("a dog runs .", "a cat runs .")]}
+    for task, texts in inputs.items():
+        ours = minbert.load(run, precision="fp32").predict(task, texts)
+        exported = minbert.load(tmp_path / "out", precision="fp32").predict(task, texts)
+        np.testing.assert_allclose(exported.values, ours.values, rtol=1e-6)
