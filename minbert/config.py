@@ -319,8 +319,10 @@ def validate(config: RunConfig, source: str = "config") -> None:
 
 
 def _check_tasks(config: RunConfig, source: str) -> dict:
-    from minbert.tasks import build_task  # the task registry answers for its kinds
-    extra = sorted(set(config.tasks) - set(config.data.tasks))
+    from minbert.tasks import BUILTIN, build_task  # the task registry answers for its kinds
+    # a table for a task outside the run is a typo, unless it is a built-in task that an
+    # inherited config set up and this run leaves out (data.tasks = ["sst"])
+    extra = sorted(set(config.tasks) - set(config.data.tasks) - set(BUILTIN))
     if extra:
         raise ConfigKeyError(f"{source}: [tasks.{extra[0]}] configures a task that is not in "
                              f"data.tasks {config.data.tasks}; add it there or remove the "
@@ -358,8 +360,9 @@ def _check_smart(config: RunConfig, source: str) -> None:
     if unknown:
         raise ConfigKeyError(f"{source}: smart.tasks names {unknown}, not in data.tasks "
                              f"{config.data.tasks}")
+    from minbert.tasks import BUILTIN
     for task, changes in smart.overrides.items():
-        if task not in config.data.tasks:
+        if task not in config.data.tasks and task not in BUILTIN:  # as for [tasks] tables
             raise ConfigKeyError(f"{source}: smart.overrides.{task}: no task {task!r} in "
                                  f"data.tasks {config.data.tasks}")
         per_task = replace(smart)

@@ -129,6 +129,11 @@ def test_bad_config_files_name_the_file_and_key(tmp_path, text, message):
     assert str(path) in str(error.value)
 
 
+def test_a_run_may_leave_out_a_builtin_task_its_base_config_set_up():
+    config = load_config("configs/quick.toml", ['data.tasks=["sst"]'])  # quick sets quora
+    assert config.data.tasks == ["sst"] and "quora" in config.tasks
+
+
 def test_smart_overrides_are_applied_per_task_and_checked_like_the_section():
     config = load_config("configs/quick.toml",
                          ["smart.overrides={sts={adversarial_weight=5, norm='l2'}}"])
