@@ -95,15 +95,13 @@ class OnnxModel:
         except ImportError:
             raise OnnxExportError("the onnx backend needs onnxruntime: "
                                   "pip install 'minbert[onnx]'") from None
-        self.cross_encoded = cross_encoded
-        self.sessions = {}
-        for name in tasks:
-            path = Path(folder) / f"{name}.onnx"
-            if not path.is_file():
-                raise OnnxExportError(f"{path}: not found; export the run with "
-                                      "`minbert export RUN OUT --onnx`")
-            self.sessions[name] = onnxruntime.InferenceSession(
-                str(path), providers=["CPUExecutionProvider"])
+        self.cross_encoded, self.folder = cross_encoded, Path(folder)
+        self.sessions = {name: onnxruntime.InferenceSession(
+            str(self.folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+            for name in tasks if (self.folder / f"{name}.onnx").is_file()}
+        if not self.sessions:
+            raise OnnxExportError(f"{self.folder}: no ONNX graph; export the run with "
+                                  "`minbert export RUN OUT --onnx`")
 
     def eval(self):
         return self
@@ -117,6 +115,9 @@ class OnnxModel:
         return self
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        if batch.task not in self.sessions:
+            raise OnnxExportError(f"{self.folder / (batch.task + '.onnx')}: not found; this "
+                                  f"export has graphs for {', '.join(self.sessions)}")
         feeds = {f"{key}_{number}": segment[key].cpu().numpy()
                  for number, segment in enumerate(batch.segments) for key in SEGMENT_INPUTS}
         return torch.from_numpy(self.sessions[batch.task].run(None, feeds)[0])

@@ -209,8 +209,11 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_changes(saved: dict, config: RunConfig) -> list[str]:
-    """'key: old -> new' for each setting that differs and may not change on resume."""
-    saved, current = _flatten(saved), _flatten(config.to_dict())
+    """'key: old -> new' for each setting that differs and may not change on resume. A key
+    the saved config lacks (a setting added since the run started) counts at its default."""
+    defaults = _flatten(RunConfig().to_dict())
+    current = _flatten(config.to_dict())
+    saved = {**{k: v for k, v in defaults.items() if k in current}, **_flatten(saved)}
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
             for k in sorted(set(saved) | set(current))
             if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES]

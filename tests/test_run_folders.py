@@ -252,3 +252,13 @@ def test_bad_seeds_are_refused_before_any_work(tmp_path, capsys):
     err = cli_error(["train", "--config", "configs/quick.toml", "--run-dir", str(tmp_path / "r"),
                      "--seeds", "1,1"], capsys)
     assert "give distinct non-negative seeds" in err
+
+
+def test_a_setting_added_since_a_run_started_counts_at_its_default():
+    from minbert.runs import config_changes
+    config = build_config({})
+    saved = config.to_dict()
+    del saved["data"]["validation"]  # written by a version without the setting
+    assert config_changes(saved, config) == []
+    changed = build_config({"data": {"validation": 0.1}})
+    assert config_changes(saved, changed) == ["data.validation: 0.0 -> 0.1"]
