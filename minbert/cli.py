@@ -68,25 +68,24 @@ def _predictor(args, folders):
     return predictor
 
 
-def _split_inputs(task, examples):
+def _inputs(examples):
+    """A file's examples as predictor inputs: sentences, or (first, second) pairs."""
     return examples.texts[0] if len(examples.texts) == 1 else list(zip(*examples.texts))
 
 
 def cmd_evaluate(args):
     from minbert.evaluation import format_table, overall_score
-    from minbert.runs import check_run_folder, writable_folder, write_text_atomic
+    from minbert.runs import check_run_folder, read_split, writable_folder, write_text_atomic
     single = len(args.run_dirs) == 1
     if single:  # its dev-metrics.json goes into the run folder
         writable_folder(check_run_folder(args.run_dirs[0]).path, "run")
     predictor = _predictor(args, args.run_dirs)
     config, metrics = predictor.runs[0].config, {}
     for name, task in predictor.tasks.items():
-        if not task.dev_file:
+        examples = read_split(config, task, "dev")
+        if examples is None:
             continue
-        examples = task.read(Path(config.data.dir) / task.dev_file)
-        if config.data.dev_limit:
-            examples = examples.subset(range(min(len(examples), config.data.dev_limit)))
-        prediction = predictor.predict(name, _split_inputs(task, examples),
+        prediction = predictor.predict(name, _inputs(examples),
                                        config.data.eval_batch_size)
         metrics[name] = task.metric(prediction.values, examples.labels)
     metrics["overall"] = overall_score(metrics, predictor.tasks)
@@ -115,7 +114,7 @@ def cmd_predict(args):
                 print(f"skip {name} {split}: no file {Path(config.data.dir) / (file or '?')}")
                 continue
             examples = task.read(Path(config.data.dir) / file, labelled=split == "dev")
-            prediction = predictor.predict(name, _split_inputs(task, examples),
+            prediction = predictor.predict(name, _inputs(examples),
                                            config.data.eval_batch_size)
             path = out / f"{task.output_prefix}-{split}-output.csv"
             write_predictions(path, task, examples.ids, prediction.values)

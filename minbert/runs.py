@@ -137,19 +137,27 @@ def encode_train(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer
     return train_sets, validation_sets, counts
 
 
+def read_split(config: RunConfig, task: Task, split: str, labelled: bool = True):
+    """One split ('dev' or 'test') of a task as Examples (dev cut to data.dev_limit), or
+    None when the task has no such file."""
+    file = task.dev_file if split == "dev" else task.test_file
+    if not file:
+        return None
+    examples = task.read(Path(config.data.dir) / file, labelled=labelled)
+    if split == "dev" and config.data.dev_limit:
+        examples = examples.subset(range(min(len(examples), config.data.dev_limit)))
+    return examples
+
+
 def encode_split(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer,
                  split: str, labelled: bool = True) -> dict[str, EncodedTask]:
     """Reads and tokenises one split ('dev' or 'test') of every task that has that file."""
     out = {}
     for name, task in tasks.items():
-        file = task.dev_file if split == "dev" else task.test_file
-        if not file:
-            continue
-        examples = task.read(Path(config.data.dir) / file, labelled=labelled)
-        if split == "dev" and config.data.dev_limit:
-            examples = examples.subset(range(min(len(examples), config.data.dev_limit)))
-        out[name] = EncodedTask(name, examples, tokenizer,
-                                task.cross_encoded(config.model.pair_encoding))
+        examples = read_split(config, task, split, labelled)
+        if examples is not None:
+            out[name] = EncodedTask(name, examples, tokenizer,
+                                    task.cross_encoded(config.model.pair_encoding))
     return out
 
 
