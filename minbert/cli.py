@@ -23,7 +23,9 @@ def cmd_train(args):
         return _train_seeds(config, args)
     result = train(config, overwrite=args.overwrite)
     if "overall" in result and launched_as_main():  # under torchrun rank 0 says it
-        print(f"\nbest dev metrics ({config.run_dir}/best.pt):")
+        chosen = ("dev metrics of the epoch chosen on the held-out validation split"
+                  if config.data.validation else "best dev metrics")
+        print(f"\n{chosen} ({config.run_dir}/best.pt):")
         print(format_table(result, build_tasks(config)))
         if "quora" in result and config.model.checkpoint == "minilm-l6":
             print("note: all-MiniLM-L6-v2 was pre-trained on sentence pairs that include Quora "
