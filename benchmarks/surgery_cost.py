@@ -19,7 +19,7 @@ def measure(method: str, batch: int, steps: int, queue):
     from _common import model_and_batches
     from minbert.combiners import make_combiner
     config, tasks, model, batches = model_and_batches(per_task=batch)
-    combiner = make_combiner(method, seed=0, tasks=tuple(tasks))
+    combiner = make_combiner(method, seed=0, tasks=tasks)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     times = []
     for i in range(steps + 1):

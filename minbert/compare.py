@@ -122,8 +122,8 @@ def mean_interval(values, level: float = 0.95) -> dict:
 def compare_runs(folder_a, folder_b, resamples: int = 10_000, seed: int = 0) -> list[Difference]:
     """Two run folders' best-model dev predictions, compared on the examples they share;
     runs with other tasks or other example ids are refused with the difference named."""
-    from minbert.reports import load_run
-    run_a, run_b = load_run(folder_a), load_run(folder_b)
+    from minbert.reports import load_run_outputs
+    run_a, run_b = load_run_outputs(folder_a), load_run_outputs(folder_b)
     if list(run_a.tasks) != list(run_b.tasks):
         raise CompareError(f"{folder_a} has tasks {list(run_a.tasks)}, {folder_b} has "
                            f"{list(run_b.tasks)}; compare runs of the same tasks")

@@ -346,7 +346,7 @@ def _check_methods(config: RunConfig, tasks: dict, source: str) -> None:
                              "not in [regularizers.smart]")
     try:
         make_sampler(cfg.sampler, cfg.temperature)
-        make_combiner(cfg.combiner, seed=cfg.seed, tasks=tuple(tasks), **cfg.combiner_options)
+        make_combiner(cfg.combiner, seed=cfg.seed, tasks=tasks, **cfg.combiner_options)
         for name, options in config.regularizers.items():
             REGULARIZERS.build(name, options, f"regularizers.{name}", tasks=tasks,
                                total_updates=1)

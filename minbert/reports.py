@@ -62,7 +62,9 @@ def read_prediction_file(path: Path) -> dict[str, float]:
     return out
 
 
-def load_run(folder: str | Path) -> RunData:
+def load_run_outputs(folder: str | Path) -> RunData:
+    """What a run produced (config, log, best model's dev predictions with the gold labels),
+    for reports and comparisons; `minbert.runs.load_run` loads its model instead."""
     from minbert.runs import RunFolder, build_tasks
     run_folder = RunFolder(folder)
     folder = run_folder.path
@@ -270,7 +272,7 @@ def ablation_rows(results: list[dict], tasks: list[str]) -> list[list]:
 def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [load_run(d) for d in run_dirs]
+    runs = [load_run_outputs(d) for d in run_dirs]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):  # two folders with one name: qualify by parent
         for r in runs:

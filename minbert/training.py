@@ -91,7 +91,7 @@ class Trainer:
             self.optimizer, lambda step: min((step + 1) / max(1, warmup),
                                              max(0.0, (self.total_updates - step)
                                                  / max(1, self.total_updates - warmup))))
-        self.combiner = make_combiner(cfg.combiner, seed=cfg.seed, tasks=tuple(tasks),
+        self.combiner = make_combiner(cfg.combiner, seed=cfg.seed, tasks=tasks,
                                       **cfg.combiner_options)
         self.regularizers = build_regularizers(config, tasks, self.total_updates)
         self.epoch, self.step, self.updates, self.best = 0, 0, 0, -math.inf

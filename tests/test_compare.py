@@ -86,15 +86,15 @@ def test_runs_scored_on_different_examples_are_refused(tmp_path, capsys):
         return RunData("r", tmp_path, tasks, [], [], labels={"sst": np.zeros(len(ids))},
                        predictions={"sst": np.zeros(len(ids))}, ids={"sst": ids})
     runs = {"a": fake(["x1", "x2", "x3"]), "b": fake(["x1", "x2", "x4"])}
-    original = reports.load_run
-    reports.load_run = lambda folder: runs[str(folder)]
+    original = reports.load_run_outputs
+    reports.load_run_outputs = lambda folder: runs[str(folder)]
     try:
         with pytest.raises(ValueError, match=r"only in a: \['x3'\], only in b: \['x4'\]"):
             compare_runs("a", "b")
         assert cli.main(["compare", "a", "b"]) == 2
         assert "different dev examples" in capsys.readouterr().err
     finally:
-        reports.load_run = original
+        reports.load_run_outputs = original
 
 
 def test_seed_folders_are_compared_seed_by_seed(tmp_path, capsys):

@@ -8,7 +8,8 @@ import pytest
 
 from minbert import cli
 from minbert.config import build_config
-from minbert.reports import ReportError, error_bands, load_run, near_misses, write_report
+from minbert.reports import (ReportError, error_bands, load_run_outputs, near_misses,
+                             write_report)
 from minbert.training import train
 
 from helpers import tiny_config_values, write_task_files
@@ -29,7 +30,7 @@ def runs(tmp_path_factory, tiny_checkpoint):
 
 @pytest.mark.slow
 def test_report_metrics_agree_with_the_runs_predictions(runs, tmp_path):
-    run = load_run(runs[0])
+    run = load_run_outputs(runs[0])
     labels, predictions = run.labels["sst"], run.predictions["sst"]
     write_report(runs, tmp_path / "out")
     import json
@@ -79,7 +80,7 @@ def test_the_html_page_embeds_valid_pngs_and_holds_the_runs_numbers(runs, tmp_pa
     assert len(images) >= 2 * 4  # sst, sts distribution, sts scatter, curves per run
     for data in images:
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
-    overall = load_run(runs[1])
+    overall = load_run_outputs(runs[1])
     from minbert.reports import run_metrics
     assert f"{run_metrics(overall)['overall']:.3f}" in page
     for png in (tmp_path / "out").rglob("*.png"):
@@ -111,10 +112,10 @@ def test_a_run_without_its_log_or_predictions_names_what_is_missing(runs, tmp_pa
     shutil.copytree(runs[0], broken)
     (broken / "predictions" / "sts-dev-output.csv").unlink()
     with pytest.raises(ReportError, match="sts-dev-output.csv"):
-        load_run(broken)
+        load_run_outputs(broken)
     (broken / "log.jsonl").unlink()
     with pytest.raises(ReportError, match="missing log.jsonl"):
-        load_run(broken)
+        load_run_outputs(broken)
 
 
 @pytest.mark.slow

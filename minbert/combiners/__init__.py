@@ -36,10 +36,10 @@ class Combiner:
 COMBINERS = Registry("combiner", "train.combiner")
 
 
-def make_combiner(name: str, seed: int = 0, tasks: tuple[str, ...] = (), **options) -> Combiner:
-    """`seed` and the run's `tasks` reach the methods whose constructors name them."""
-    return COMBINERS.build(name, options, "train.combiner_options", seed=seed,
-                           tasks=list(tasks))
+def make_combiner(name: str, seed: int = 0, tasks=(), **options) -> Combiner:
+    """`seed` and the run's `tasks` (by name, in order) reach the methods whose
+    constructors name them, as `seed`, `tasks` and `total_updates` reach regularisers."""
+    return COMBINERS.build(name, options, "train.combiner_options", seed=seed, tasks=tasks)
 
 
 from minbert.combiners import cagrad, famo, pcgrad, plain  # noqa: E402,F401  (the built-ins)

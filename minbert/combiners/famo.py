@@ -31,7 +31,7 @@ from minbert.combiners import COMBINERS, Combiner
 class FAMO(Combiner):
     name = "famo"
 
-    def __init__(self, tasks: list[str], weight_lr: float = 0.025, weight_decay: float = 0.01,
+    def __init__(self, tasks, weight_lr: float = 0.025, weight_decay: float = 0.01,
                  weight_optimizer: str = "adam", min_loss: float = 0.0):
         if not weight_lr > 0 or not weight_decay >= 0:
             raise ValueError("train.combiner_options: FAMO needs weight_lr > 0 and "
@@ -39,7 +39,7 @@ class FAMO(Combiner):
         if weight_optimizer not in ("adam", "sgd"):
             raise ValueError(f"train.combiner_options.weight_optimizer = {weight_optimizer!r}; "
                              "use adam or sgd")
-        self.tasks = list(tasks)
+        self.tasks = list(tasks)  # names, in the run's order
         self.min_loss = min_loss
         self.xi = torch.zeros(len(self.tasks), requires_grad=True)  # ξ, one logit per task
         optimizer = torch.optim.Adam if weight_optimizer == "adam" else torch.optim.SGD
