@@ -207,9 +207,12 @@ class EncodedTask:
         self.examples = examples
         self.pad_id = tokenizer.pad_id
         if len(examples.texts) == 1 or cross_encoded:
-            self.segments = [tokenizer.encode_ids(*examples.texts)]
+            encoded = [tokenizer.encode(*examples.texts)]
         else:
-            self.segments = [tokenizer.encode_ids(column) for column in examples.texts]
+            encoded = [tokenizer.encode(column) for column in examples.texts]
+        self.segments = [ids for ids, _ in encoded]
+        # examples longer than the tokenizer's max_length in any segment (cut when encoded)
+        self.truncated = int(np.any([cut for _, cut in encoded], axis=0).sum())
         self.lengths = np.array([sum(len(seg[i][0]) for seg in self.segments)
                                  for i in range(len(examples))])
         self.labels = None if examples.labels is None else torch.as_tensor(

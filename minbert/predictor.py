@@ -108,12 +108,11 @@ class Predictor:
         examples = Examples([str(i) for i in range(len(columns[0]))], columns)
         results = []
         for run in self.runs:
-            truncated = run.tokenizer.count_truncated(*columns)
-            if truncated:
-                warnings.warn(f"{truncated} of {len(columns[0])} inputs are longer than "
+            data = EncodedTask(task, examples, run.tokenizer, run.model.cross_encoded[task])
+            if data.truncated:
+                warnings.warn(f"{data.truncated} of {len(examples)} inputs are longer than "
                               f"{run.tokenizer.max_length} tokens and were truncated",
                               stacklevel=2)
-            data = EncodedTask(task, examples, run.tokenizer, run.model.cross_encoded[task])
             results.append(outputs(run.model, spec, data, batch_size, self.device,
                                    self.autocast, progress).float())
         probabilities = [spec.probabilities(logits) for logits in results]

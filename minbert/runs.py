@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import pickle
+import shutil
 import socket
 import sys
 import zipfile
@@ -318,7 +319,6 @@ class RunFolder:
 
     def clear(self) -> None:
         """Removes what a run wrote here (other files in the folder are left alone)."""
-        import shutil
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
         for name in RUN_FOLDERS:

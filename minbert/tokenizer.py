@@ -82,16 +82,17 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size()
 
+    def encode(self, first: Sequence[str], second: Sequence[str] | None = None
+               ) -> tuple[list[tuple[list[int], list[int]]], list[bool]]:
+        """Unpadded (input_ids, token_type_ids) per example, and whether each was longer
+        than max_length (and so cut); tokenise once, pad per batch."""
+        inputs = list(first) if second is None else list(zip(first, second, strict=True))
+        encodings = self.backend.encode_batch(inputs)
+        return [(e.ids, e.type_ids) for e in encodings], [bool(e.overflowing) for e in encodings]
+
     def encode_ids(self, first: Sequence[str], second: Sequence[str] | None = None
                    ) -> list[tuple[list[int], list[int]]]:
-        """Unpadded (input_ids, token_type_ids) per example; tokenise once, pad per batch."""
-        inputs = list(first) if second is None else list(zip(first, second, strict=True))
-        return [(e.ids, e.type_ids) for e in self.backend.encode_batch(inputs)]
-
-    def count_truncated(self, first: Sequence[str], second: Sequence[str] | None = None) -> int:
-        """How many inputs are longer than max_length (and so are cut)."""
-        inputs = list(first) if second is None else list(zip(first, second, strict=True))
-        return sum(1 for e in self.backend.encode_batch(inputs) if e.overflowing)
+        return self.encode(first, second)[0]
 
     def __call__(self, first: Sequence[str] | str, second: Sequence[str] | str | None = None
                  ) -> dict[str, torch.Tensor]:
