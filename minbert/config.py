@@ -123,6 +123,7 @@ class RunConfig:
     smart: SmartConfig = field(default_factory=SmartConfig)
     tasks: dict = field(default_factory=dict)  # per-task overrides or new tasks
     regularizers: dict = field(default_factory=dict)  # name -> its options (SMART: [smart])
+    tune: dict = field(default_factory=dict)  # `minbert tune`'s study (minbert/tuning.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -208,12 +209,27 @@ def parse_override(text: str) -> tuple[list[str], object]:
     """'train.lr=2e-5' -> (['train', 'lr'], 2e-5); the value is read as TOML, else a string."""
     if "=" not in text:
         raise ConfigKeyError(f"override {text!r}: expected section.key=value")
-    key, raw = text.split("=", 1)
+    key, raw = _split_key(text)
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    return key.strip().split("."), value
+    return [a or b for a, b in _KEY_PART.findall(key.strip())], value
+
+
+# a dotted key's parts; a part in double quotes may hold dots: tune.space."train.lr"
+_KEY_PART = re.compile(r'"([^"]+)"|([^."]+)')
+
+
+def _split_key(text: str) -> tuple[str, str]:
+    """'a."b=c".d=1' -> ('a."b=c".d', '1'): the first '=' outside double quotes."""
+    quoted = False
+    for i, char in enumerate(text):
+        if char == '"':
+            quoted = not quoted
+        elif char == "=" and not quoted:
+            return text[:i], text[i + 1:]
+    raise ConfigKeyError(f"override {text!r}: expected section.key=value")
 
 
 def _check_type(where: str, value, default):
@@ -274,12 +290,19 @@ def build_config(values: dict, source: str = "config") -> RunConfig:
                 raise ConfigKeyError(f"{source}: [{key}] must be a table of tables, e.g. "
                                      f"[{key}.{'sst' if key == 'tasks' else 'name'}]")
             setattr(config, key, value)
+        elif key == "tune":
+            if not isinstance(value, dict):
+                raise ConfigKeyError(f"{source}: [tune] must be a table")
+            config.tune = value
         elif key in _SECTIONS:
             _fill(getattr(config, key), value, key, source)
         else:
             raise ConfigKeyError(f"{source}: unknown key {key!r}; the top level takes run_dir, "
-                                 f"tasks, regularizers, {', '.join(_SECTIONS)}")
+                                 f"tasks, regularizers, tune, {', '.join(_SECTIONS)}")
     validate(config, source)
+    if config.tune:  # the search space too: each entry's values checked on the config
+        from minbert.tuning import parse_tune
+        parse_tune(values, source)
     return config
 
 
@@ -370,14 +393,24 @@ def _check_smart(config: RunConfig, source: str) -> None:
         _check_values(per_task, "smart", source, f"smart.overrides.{task}")
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+def set_value(values: dict, keys: list[str], value, where: str) -> None:
+    """values[k1][k2]...[kn] = value, making the tables on the way."""
+    target = values
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            raise ConfigKeyError(f"{where}: {key} is not a table")
+    target[keys[-1]] = value
+
+
+def read_values(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """The raw values of a config file (its inherited files merged) with the flags applied."""
     values = _read_toml(Path(path)) if path else {}
     for text in overrides:
         keys, value = parse_override(text)
-        target = values
-        for key in keys[:-1]:
-            target = target.setdefault(key, {})
-            if not isinstance(target, dict):
-                raise ConfigKeyError(f"override {text!r}: {key} is not a table")
-        target[keys[-1]] = value
-    return build_config(values, str(path) if path else "flags")
+        set_value(values, keys, value, f"override {text!r}")
+    return values
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    return build_config(read_values(path, overrides), str(path) if path else "flags")

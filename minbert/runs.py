@@ -276,6 +276,22 @@ class RunFolder:
             for stale in self.path.glob(f"{name}.*.tmp"):
                 stale.unlink(missing_ok=True)
 
+    def in_use(self) -> bool:
+        """Whether a live process holds the folder's lock (this one included)."""
+        if self._lock_fd is not None:
+            return True
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a lock it took
+        return False
+
     def unlock(self) -> None:
         if self._lock_fd is not None:
             os.ftruncate(self._lock_fd, 0)  # empty: released cleanly

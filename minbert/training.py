@@ -36,6 +36,15 @@ class TrainingError(RuntimeError):
     pass
 
 
+class StopTraining(Exception):
+    """Raised by an `on_epoch` callback to end a run after an epoch (a tuner pruning a
+    trial): the run's log gets `record`, its checkpoint stays, and the exception goes on."""
+
+    def __init__(self, record: dict):
+        super().__init__(record.get("reason", record.get("type", "stopped")))
+        self.record = record
+
+
 def _own_share(saved, tasks) -> dict:
     """This rank's saved training predictions: its own when the number of ranks is the same
     as when saved; otherwise rank 0 takes them all (a dict: an older one-rank checkpoint)."""
@@ -57,8 +66,13 @@ class Trainer:
     def __init__(self, config: RunConfig, tasks: dict[str, Task], model: MultiTaskModel,
                  train_sets: dict[str, EncodedTask], dev_sets: dict[str, EncodedTask],
                  file_counts: dict | None = None,
-                 validation_sets: dict[str, EncodedTask] | None = None):
+                 validation_sets: dict[str, EncodedTask] | None = None,
+                 on_epoch=None, score_dev: bool = True):
         self.config, self.tasks, self.model = config, tasks, model
+        # on_epoch(epoch, metrics on the selection split) after each epoch's checkpoint;
+        # it may raise StopTraining. score_dev=False: with a validation split, the dev
+        # files are not scored at the end (a tuner's trials are judged on validation only)
+        self.on_epoch, self.score_dev = on_epoch, score_dev
         self.train_sets, self.dev_sets = train_sets, dev_sets
         # the epoch is chosen on the held-out validation split when there is one (the dev
         # files are then scored once, on the chosen model), else on dev
@@ -158,7 +172,13 @@ class Trainer:
                     self.save_checkpoint()
                     return {"stopped_at_update": self.updates}
             progress.close()
-            self.end_epoch()
+            metrics = self.end_epoch()
+            if self.on_epoch is not None:
+                try:
+                    self.on_epoch(self.epoch, metrics)
+                except StopTraining as stop:
+                    self.log(stop.record)
+                    raise
         distributed.barrier()
         best = self.folder.best
         if not best.exists():
@@ -166,6 +186,8 @@ class Trainer:
         state = load_state(best, ("metrics",))
         if self.selection == "dev":
             return state["metrics"]
+        if not self.score_dev:
+            return {}
         return state.get("dev") or self.score_dev_once(state)
 
     def score_dev_once(self, state: dict) -> dict:
@@ -279,6 +301,7 @@ class Trainer:
         self.step = 0
         self.train_outputs = {name: ([], []) for name in self.tasks}
         self.save_checkpoint()
+        return metrics
 
     # ----------------------------------------------------------------- logging
     def log(self, record: dict):
@@ -379,11 +402,13 @@ class Trainer:
         return True
 
 
-def train(config: RunConfig, overwrite: bool = False) -> dict:
+def train(config: RunConfig, overwrite: bool = False, on_epoch=None,
+          score_dev: bool = True) -> dict:
     """Builds everything a config names and trains it; returns the best dev metrics.
 
     The device and the run folder are checked first (the folder is locked, and a run it
-    already holds is resumed or refused), then weights load and data is tokenised."""
+    already holds is resumed or refused), then weights load and data is tokenised.
+    `on_epoch` and `score_dev`: see Trainer."""
     resolve_device(config.train.device)
     folder = RunFolder(config.run_dir)
     # under torchrun only rank 0 owns (and writes) the folder
@@ -396,7 +421,7 @@ def train(config: RunConfig, overwrite: bool = False) -> dict:
         dev_sets = encode_split(config, tasks, tokenizer, "dev")
         try:
             return Trainer(config, tasks, model, train_sets, dev_sets, counts,
-                           validation_sets).fit()
+                           validation_sets, on_epoch, score_dev).fit()
         finally:
             distributed.shutdown()
 

@@ -1,0 +1,689 @@
+"""Hyperparameter search, `minbert tune`: Optuna's samplers, pruners and storage; every
+trial an ordinary run folder.
+
+A study is a folder (the config's run_dir, or --run-dir):
+
+    study.json     the study's name, its storage (a password in the URL is not written) and
+                   what it searches
+    study.db       the SQLite storage, the default (nothing to install or start)
+    trial-0003/    one run folder per trial: resumable, and `minbert evaluate` reads it
+    trials.csv     every trial: its state, validation overall, parameters and wall time
+    best.toml      the best trial as a config that inherits the base config
+
+The search space is the config's `[tune.space]` table, any config key mapped to one of
+
+    "train.lr" = {log_uniform = [1e-5, 3e-4]}     # also uniform; step = ... for a grid
+    "train.epochs" = {int = [1, 3]}               # also log_int
+    "train.combiner" = {choices = ["sum", "pcgrad", "famo"]}
+
+and each entry's ends (or choices) are checked on the config when it loads, so a key that
+does not exist or a value it cannot take is refused before any training. The objective is
+the overall score on the held-out validation split (data.validation > 0), never dev: each
+epoch's score goes to the pruner, and a trial's value is that of its chosen epoch.
+
+Several workers run one study: `minbert tune` started again on the same folder, on other
+machines with the same `--storage` URL, or `--jobs N` processes on this one (their cores
+split between them). `--trials N` is the number of finished (complete or pruned) trials
+the study should hold; a worker stops when it holds them. A trial whose worker died on this
+machine (SIGKILL, a lost session) is marked failed when a worker starts here again and
+queued once more with the same parameters, resuming from its run folder's checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import warnings
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+
+from minbert.config import ConfigKeyError, _check_type, build_config, read_values, set_value
+
+SPACE_KINDS = ("uniform", "log_uniform", "int", "log_int", "choices")
+# keys a trial may not change: where it is written, and the split that judges it
+FIXED = ("run_dir", "tune", "data.validation", "data.validation_seed")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "percentile", "hyperband", "threshold", "none")
+
+
+class TuneError(RuntimeError):
+    pass
+
+
+@dataclass
+class TuneConfig:
+    trials: int = 20                  # finished (complete or pruned) trials the study holds
+    space: dict = field(default_factory=dict)   # "section.key" -> {log_uniform = [a, b]}, ...
+    sampler: str = "tpe"              # tpe | random
+    sampler_options: dict = field(default_factory=dict)   # e.g. {n_startup_trials = 4}
+    pruner: str = "median"            # median | percentile | hyperband | threshold | none
+    pruner_options: dict = field(default_factory=dict)    # e.g. {n_warmup_steps = 1}
+    storage: str = ""                 # an Optuna storage URL; "": SQLite in the study folder
+    study_name: str = ""              # "": the study folder's name
+    seed: int = 0                     # the sampler's seed (worker i adds 1000 i)
+    jobs: int = 1                     # parallel trials on this machine
+    score_dev: bool = False           # also score the dev files after each trial (not used)
+    start_with_base: bool = False     # trial 0: the base config's own values of the space
+    max_failures: int = 3             # failed trials in a row before a worker gives up
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One entry of the search space."""
+    key: str
+    kind: str
+    low: float | int | None = None
+    high: float | int | None = None
+    step: float | int | None = None
+    choices: tuple = ()
+
+    def contains(self, value) -> bool:
+        if self.kind == "choices":
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        inside = self.low <= value <= self.high
+        if self.step is not None:
+            inside = inside and math.isclose((value - self.low) / self.step,
+                                             round((value - self.low) / self.step))
+        return inside and (self.kind not in ("int", "log_int") or isinstance(value, int))
+
+    def values_to_check(self) -> tuple:
+        return self.choices if self.kind == "choices" else (self.low, self.high)
+
+    def distribution(self):
+        from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                          IntDistribution)
+        if self.kind == "choices":
+            return CategoricalDistribution(self.choices)
+        if self.kind in ("int", "log_int"):
+            return IntDistribution(self.low, self.high, log=self.kind == "log_int",
+                                   step=self.step or 1)
+        return FloatDistribution(self.low, self.high, log=self.kind == "log_uniform",
+                                 step=self.step)
+
+
+def _dimension(key, entry, where: str) -> Dimension:
+    if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+        raise ConfigKeyError(f"{where}: a search-space key is a config key such as "
+                             f"\"train.lr\", got {key!r}")
+    if any(key == fixed or key.startswith(fixed + ".") for fixed in FIXED):
+        raise ConfigKeyError(f"{where}: {key} cannot be searched: a trial's folder and the "
+                             "validation split that judges it are the study's")
+    example = 'e.g. {log_uniform = [1e-5, 3e-4]} or {choices = ["sum", "pcgrad"]}'
+    if not isinstance(entry, dict):
+        raise ConfigKeyError(f"{where}: give a table, {example}; got {entry!r}")
+    kinds = [k for k in entry if k in SPACE_KINDS]
+    unknown = [k for k in entry if k not in SPACE_KINDS and k != "step"]
+    if len(kinds) != 1 or unknown:
+        raise ConfigKeyError(f"{where}: give exactly one of {', '.join(SPACE_KINDS)} (and "
+                             f"step for uniform or int), {example}; got {entry!r}")
+    kind = kinds[0]
+    value = entry[kind]
+    if kind == "choices":
+        if "step" in entry:
+            raise ConfigKeyError(f"{where}: step goes with uniform or int, not choices")
+        if (not isinstance(value, list) or not value or len(set(map(repr, value))) != len(value)
+                or not all(isinstance(v, (bool, int, float, str)) for v in value)):
+            raise ConfigKeyError(f"{where}: choices must be a list of distinct numbers, "
+                                 f"strings or booleans, got {value!r}")
+        return Dimension(key, kind, choices=tuple(value))
+    integer = kind in ("int", "log_int")
+    number = (int,) if integer else (int, float)
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, number) and not isinstance(v, bool) for v in value)
+            or not all(math.isfinite(v) for v in value) or not value[0] < value[1]):
+        raise ConfigKeyError(f"{where}: {kind} takes [low, high] with low < high"
+                             f"{' (integers)' if integer else ''}, got {value!r}")
+    low, high = value if integer else map(float, value)
+    if kind.startswith("log") and low <= 0:
+        raise ConfigKeyError(f"{where}: {kind} needs low > 0, got {low!r}")
+    step = entry.get("step")
+    if step is not None:
+        if kind.startswith("log"):
+            raise ConfigKeyError(f"{where}: step does not go with {kind}")
+        step = _check_type(f"{where}: step", step, 1 if integer else 1.0)
+        if step <= 0 or step > high - low:
+            raise ConfigKeyError(f"{where}: step must be in (0, high - low], got {step!r}")
+    return Dimension(key, kind, low, high, step)
+
+
+def parse_tune(values: dict, source: str = "config") -> tuple[TuneConfig, list[Dimension]]:
+    """The [tune] table of a config's raw values, each search-space entry checked by
+    building the config with its ends (or each choice): refused here, before a trial."""
+    table = values.get("tune", {})
+    tune = TuneConfig()
+    if not isinstance(table, dict):
+        raise ConfigKeyError(f"{source}: [tune] must be a table")
+    names = [f.name for f in fields(TuneConfig)]
+    for key, value in table.items():
+        if key not in names:
+            raise ConfigKeyError(f"{source}: unknown key tune.{key}; [tune] takes "
+                                 f"{', '.join(sorted(names))}")
+        setattr(tune, key, _check_type(f"{source}: tune.{key}", value, getattr(tune, key)))
+    for key, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        if getattr(tune, key) not in allowed:
+            raise ConfigKeyError(f"{source}: tune.{key} = {getattr(tune, key)!r}; use one of "
+                                 f"{', '.join(allowed)}")
+    for key in ("trials", "jobs", "max_failures"):
+        if getattr(tune, key) < 1:
+            raise ConfigKeyError(f"{source}: tune.{key} must be positive, got "
+                                 f"{getattr(tune, key)!r}")
+    base = {k: v for k, v in values.items() if k != "tune"}
+    dimensions = []
+    for key, entry in tune.space.items():
+        dimension = _dimension(key, entry, f"{source}: tune.space.\"{key}\"")
+        for value in dimension.values_to_check():
+            try:
+                trial_values(base, {key: value}, "check", source="check")
+            except ConfigKeyError as e:
+                raise ConfigKeyError(f"{source}: tune.space.\"{key}\" = {entry}: the value "
+                                     f"{value!r} is refused: "
+                                     f"{str(e).removeprefix('check: ')}") from None
+        dimensions.append(dimension)
+    if tune.start_with_base:
+        base_params(base, dimensions, source)
+    return tune, dimensions
+
+
+def base_params(base: dict, dimensions: list[Dimension], source: str = "config") -> dict:
+    """The base config's value of each searched key (a section's default where the config
+    sets none), each checked to lie in the space: tune.start_with_base runs them first."""
+    config = build_config({**base, "run_dir": "check"}, source).to_dict()
+    params = {}
+    for dimension in dimensions:
+        value = config
+        for part in dimension.key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not dimension.contains(value):
+            raise ConfigKeyError(f"{source}: tune.start_with_base: the base value of "
+                                 f"{dimension.key}, {value!r}, is outside tune.space."
+                                 f"\"{dimension.key}\"; widen the space, or set the value in the "
+                                 "config")
+        params[dimension.key] = value
+    return params
+
+
+def trial_values(base: dict, params: dict, run_dir: str, source: str = "trial") -> dict:
+    """The raw config of one trial: the base with the trial's parameters set, checked."""
+    values = copy.deepcopy(base)
+    values.pop("tune", None)
+    for key, value in params.items():
+        set_value(values, key.split("."), value, f"tune.space.\"{key}\"")
+    values["run_dir"] = str(run_dir)
+    build_config(values, source)
+    return values
+
+
+# ------------------------------------------------------------------------- Optuna parts
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise TuneError("minbert tune needs Optuna: pip install 'minbert[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def _storage(url: str, study_dir: Path):
+    """An Optuna storage from a URL: sqlite:///..., postgresql://..., mysql://..., or
+    journal:PATH (a journal file, for file systems without a database)."""
+    optuna = _optuna()
+    url = url or f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+            path = url[len("journal:"):]
+            if not path:
+                raise ValueError("give a file after journal:, e.g. journal:runs/study.log")
+            return optuna.storages.JournalStorage(JournalFileBackend(path))
+        if "://" not in url:
+            raise ValueError("use an Optuna storage URL: sqlite:///FILE, postgresql://..., "
+                             "mysql://..., or journal:FILE")
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as e:  # a driver not installed, a server not reachable, a bad URL
+        raise TuneError(f"--storage / tune.storage {_shown(url)!r}: {e}") from None
+
+
+def _shown(url: str) -> str:
+    """The URL without its password (study.json and messages may be shared)."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def _sampler(tune: TuneConfig, seed: int):
+    optuna = _optuna()
+    kind = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    try:
+        return kind[tune.sampler](seed=seed, **tune.sampler_options)
+    except TypeError as e:
+        raise TuneError(f"tune.sampler_options {tune.sampler_options}: {e}") from None
+
+
+def _pruner(tune: TuneConfig):
+    optuna = _optuna()
+    kind = {"median": optuna.pruners.MedianPruner,
+            "percentile": optuna.pruners.PercentilePruner,
+            "hyperband": optuna.pruners.HyperbandPruner,
+            "threshold": optuna.pruners.ThresholdPruner,
+            "none": optuna.pruners.NopPruner}[tune.pruner]
+    try:
+        return kind(**tune.pruner_options)
+    except (TypeError, ValueError) as e:
+        raise TuneError(f"tune.pruner_options {tune.pruner_options} for the {tune.pruner} "
+                        f"pruner: {e}") from None
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ------------------------------------------------------------------------------ a study
+@dataclass
+class Study:
+    """One study: its folder, settings, search space and the Optuna study behind them."""
+    folder: Path
+    config_file: Path
+    overrides: list
+    base: dict
+    tune: TuneConfig
+    dimensions: list
+    storage_url: str = ""
+
+    @classmethod
+    def from_config(cls, config_file, overrides=(), run_dir=None, trials=None, storage=None,
+                    jobs=None) -> "Study":
+        overrides = list(overrides)
+        values = read_values(config_file, overrides)
+        if run_dir:
+            values["run_dir"] = run_dir
+        config = build_config(values, str(config_file))  # everything, [tune] included
+        tune, dimensions = parse_tune(values, str(config_file))
+        for name, given in (("trials", trials), ("storage", storage), ("jobs", jobs)):
+            if given is not None:
+                setattr(tune, name, given)
+        if tune.trials < 1 or tune.jobs < 1:
+            raise TuneError(f"--trials {tune.trials} / --jobs {tune.jobs}: give positive numbers")
+        if not dimensions:
+            raise TuneError(f"{config_file}: [tune.space] is empty; add the keys to search, "
+                            "e.g. \"train.lr\" = {log_uniform = [1e-5, 3e-4]}")
+        if not config.data.validation:
+            raise TuneError(f"{config_file}: data.validation is 0; trials are judged on a "
+                            "held-out share of the training files, never on dev: set it, "
+                            "e.g. data.validation=0.1")
+        if tune.jobs > _cores():
+            raise TuneError(f"--jobs {tune.jobs}: this machine lets this process use "
+                            f"{_cores()} cores; run at most that many trials at once")
+        return cls(Path(config.run_dir), Path(config_file), overrides, values, tune,
+                   dimensions, tune.storage)
+
+    @property
+    def name(self) -> str:
+        return self.tune.study_name or self.folder.resolve().name
+
+    def open(self, worker: int = 0):
+        """The Optuna study (created on first use), checked to search this space."""
+        optuna = _optuna()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        storage = _storage(self.storage_url, self.folder)
+        study = optuna.create_study(storage=storage, study_name=self.name,
+                                    direction="maximize", pruner=_pruner(self.tune),
+                                    load_if_exists=True)
+        search = {"space": self.tune.space,
+                  "base": {k: v for k, v in self.base.items() if k not in ("run_dir", "tune")}}
+        search = json.loads(json.dumps(search, sort_keys=True))
+        known = study.user_attrs.get("search")
+        if known is None:
+            study.set_user_attr("search", search)
+        elif known != search:
+            raise TuneError(f"study {self.name!r} in {_shown(self.storage_url) or 'study.db'} "
+                            "searches another space or base config; use another run_dir, "
+                            "tune.study_name, or the config it was started with")
+        if self.tune.start_with_base and not study.trials:  # the hand-set values first
+            study.enqueue_trial(base_params(self.base, self.dimensions),
+                                user_attrs={"base": True}, skip_if_exists=True)
+        seed = self.tune.seed + 1000 * worker + len(study.trials)
+        study.sampler = _sampler(self.tune, seed)
+        record = {"study_name": self.name, "storage": _shown(self.storage_url) or "study.db",
+                  "config": str(self.config_file), "overrides": self.overrides,
+                  "space": self.tune.space, "trials": self.tune.trials}
+        from minbert.runs import write_text_atomic
+        write_text_atomic(self.folder / "study.json", json.dumps(record, indent=2) + "\n")
+        return study
+
+    # ------------------------------------------------------------------------- workers
+    def run(self, worker: int | None = None, threads: int | None = None) -> dict:
+        """Runs trials until the study holds `trials` finished ones (with --jobs N > 1 and
+        no worker index: N worker processes), then writes trials.csv and best.toml."""
+        if worker is None and self.tune.jobs > 1:
+            self.open()  # created once, before the workers race to create it
+            self._spawn_workers()
+            return self.write_results(self.open())
+        if threads:
+            import torch
+            torch.set_num_threads(threads)
+        study = self.open(worker or 0)
+        self.work(study)
+        # a spawned worker leaves the results to the process that started it
+        return self.write_results(study) if worker is None else {}
+
+    def _spawn_workers(self) -> None:
+        jobs = self.tune.jobs
+        threads = max(1, _cores() // jobs)
+        command = [sys.executable, "-m", "minbert", "tune", "--config", str(self.config_file),
+                   "--run-dir", str(self.folder), "--trials", str(self.tune.trials),
+                   "--threads", str(threads), *self.overrides]
+        if self.storage_url:
+            command += ["--storage", self.storage_url]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        print(f"{jobs} workers, {threads} thread{'s' if threads > 1 else ''} each", file=sys.stderr)
+        workers = [subprocess.Popen([*command, "--worker", str(i)], env=env)
+                   for i in range(jobs)]
+        try:
+            codes = [w.wait() for w in workers]
+        except KeyboardInterrupt:
+            for w in workers:
+                w.terminate()
+            raise
+        if any(codes):
+            raise TuneError(f"worker exit codes {codes}; the study keeps what finished, and "
+                            "the same command continues it")
+
+    def recover(self, study) -> None:
+        """Trials left running by a worker that died on this machine: failed, and queued
+        again with the same parameters (they resume from their run folder's checkpoint)."""
+        optuna = _optuna()
+        from minbert.runs import RunFolder
+        host = socket.gethostname()
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback",  # optuna >= 4.9
+                        None) or optuna.storages.RetryFailedTrialCallback
+        retry = retry(max_retry=3, inherit_intermediate_values=True)
+        for trial in study.get_trials(deepcopy=False,
+                                      states=(optuna.trial.TrialState.RUNNING,)):
+            attrs = trial.user_attrs
+            if "host" in attrs:
+                if attrs["host"] != host or _alive(attrs.get("pid")) \
+                        or RunFolder(attrs["run_dir"]).in_use():
+                    continue
+            else:  # asked, and its worker died before it said where it runs
+                started = trial.datetime_start or datetime.now()
+                if (datetime.now() - started).total_seconds() < 120:
+                    continue
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            retry(study, study.trials[trial.number])
+            print(f"trial {trial.number}: its worker (PID {attrs.get('pid', '?')}) is gone; "
+                  "queued again, to resume from "
+                  f"{attrs.get('run_dir', 'the start')}", file=sys.stderr)
+
+    def work(self, study) -> None:
+        optuna = _optuna()
+        states = optuna.trial.TrialState
+        self.recover(study)
+        distributions = {d.key: d.distribution() for d in self.dimensions}
+        failures = 0
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            count = {s: sum(t.state == s for t in trials) for s in states}
+            finished = count[states.COMPLETE] + count[states.PRUNED]
+            if finished >= self.tune.trials:
+                break
+            if finished + count[states.RUNNING] >= self.tune.trials and not count[states.WAITING]:
+                running = [t.number for t in trials if t.state == states.RUNNING]
+                print(f"the study's last trials are running in other workers: {running}",
+                      file=sys.stderr)
+                break
+            if failures >= self.tune.max_failures:
+                raise TuneError(f"{failures} trials in a row failed; the last: "
+                                f"{study.trials[-1].user_attrs.get('error', '?')}")
+            trial = study.ask(distributions)
+            failures = 0 if self.run_trial(study, trial) else failures + 1
+
+    def run_trial(self, study, trial) -> bool:
+        """One trial as an ordinary run; False if it failed."""
+        optuna = _optuna()
+        from minbert.runs import RunFolder, load_state
+        from minbert.training import StopTraining, train
+        run_dir = trial.user_attrs.get("run_dir") or str(self.folder / f"trial-{trial.number:04d}")
+        for key, value in (("run_dir", run_dir), ("host", socket.gethostname()),
+                           ("pid", os.getpid())):
+            trial.set_user_attr(key, value)
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in trial.params.items())
+        print(f"trial {trial.number} ({run_dir}): {shown}", file=sys.stderr)
+        start = time.perf_counter()
+        folder = RunFolder(run_dir)
+        try:
+            config = build_config(trial_values(self.base, trial.params, run_dir),
+                                  f"trial {trial.number}")
+            self._report_logged_epochs(study, trial, folder)
+
+            def on_epoch(epoch: int, metrics: dict) -> None:
+                trial.report(metrics["overall"], epoch)
+                # after the last epoch there is nothing left to save: the trial completes
+                if epoch < config.train.epochs and trial.should_prune():
+                    raise StopTraining({
+                        "type": "pruned", "epoch": epoch, "validation": metrics,
+                        "reason": f"pruned by the {self.tune.pruner} pruner of study "
+                                  f"{self.name!r} after epoch {epoch}: validation overall "
+                                  f"{metrics['overall']:.4f}"})
+
+            dev = train(config, on_epoch=on_epoch, score_dev=self.tune.score_dev)
+        except StopTraining as stop:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            print(f"trial {trial.number}: {stop}", file=sys.stderr)
+            return True
+        except Exception as e:  # this trial's settings or run failed; the study goes on
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:1000])
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            print(f"trial {trial.number} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return False
+        best = load_state(folder.best, ("metrics",))
+        trial.set_user_attr("validation", best["metrics"])
+        trial.set_user_attr("epoch", best.get("epoch"))
+        trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
+        if dev:
+            trial.set_user_attr("dev", dev)
+        study.tell(trial, best["metrics"]["overall"])
+        print(f"trial {trial.number}: validation overall {best['metrics']['overall']:.4f} "
+              f"(best: trial {study.best_trial.number}, {study.best_value:.4f})",
+              file=sys.stderr)
+        return True
+
+    @staticmethod
+    def _report_logged_epochs(study, trial, folder) -> None:
+        """A resumed trial's epochs that its dead worker had not reported yet."""
+        if not folder.log_file.is_file():
+            return
+        known = study.get_trials(deepcopy=False)[trial.number].intermediate_values
+        for line in folder.log_file.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if record.get("type") == "epoch" and "validation" in record \
+                    and record["epoch"] not in known:
+                trial.report(record["validation"]["overall"], record["epoch"])
+
+    # ------------------------------------------------------------------------- results
+    def write_results(self, study) -> dict:
+        rows = trials_table(study)
+        from minbert.runs import write_text_atomic
+        if rows:
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            path = self.folder / "trials.csv"
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "w", newline="", encoding="utf-8") as fp:
+                writer = csv.DictWriter(fp, columns)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, path)
+        complete = [t for t in study.trials if t.value is not None
+                    and t.state.name == "COMPLETE"]
+        summary = {"trials": len(study.trials),
+                   "states": {s: sum(r["state"] == s for r in rows)
+                              for s in sorted({r["state"] for r in rows})}}
+        if complete:
+            best = study.best_trial
+            write_text_atomic(self.folder / "best.toml", self.best_toml(best))
+            summary.update(best_trial=best.number, best_value=best.value, params=best.params)
+        return summary
+
+    def best_toml(self, best) -> str:
+        values: dict = {}
+        for text in self.overrides:
+            from minbert.config import parse_override
+            keys, value = parse_override(text)
+            set_value(values, keys, value, f"override {text!r}")
+        for key, value in best.params.items():
+            set_value(values, key.split("."), value, key)
+        values["run_dir"] = str(self.folder / "best")
+        inherit = os.path.relpath(self.config_file.resolve(), self.folder.resolve())
+        head = (f"# The best trial of study {self.name!r}: trial {best.number}, validation "
+                f"overall {best.value:.4f}\n# (written by `minbert tune`; train it with "
+                f"`minbert train --config {self.folder / 'best.toml'}`)\n")
+        text = head + to_toml({"inherit": inherit, **values})
+        assert tomllib.loads(text) == {"inherit": inherit, **values}, text
+        return text
+
+
+def trials_table(study) -> list[dict]:
+    """One row per trial: number, state, validation overall, parameters, timing."""
+    rows = []
+    for t in study.trials:
+        seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
+                   if t.datetime_complete and t.datetime_start else None)
+        rows.append({"trial": t.number, "state": t.state.name.lower(),
+                     "validation_overall": t.value,
+                     **{f"param {k}": v for k, v in t.params.items()},
+                     "epochs_reported": len(t.intermediate_values),
+                     "seconds": round(seconds, 1) if seconds is not None else None,
+                     "retry_of": t.system_attrs.get("failed_trial"),
+                     "run_dir": t.user_attrs.get("run_dir", ""),
+                     "error": t.user_attrs.get("error", "")})
+    return rows
+
+
+def to_toml(values: dict) -> str:
+    """Nested dicts of scalars as TOML: scalars first, then [section] tables."""
+    def scalar(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        raise TypeError(f"cannot write {v!r} as TOML")
+
+    def key(k):
+        return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+    lines = []
+
+    def walk(table: dict, path: list):
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        if path and scalars:
+            lines.append(f"\n[{'.'.join(key(p) for p in path)}]")
+        lines.extend(f"{key(k)} = {scalar(v)}" for k, v in scalars.items())
+        for k, v in table.items():
+            if isinstance(v, dict):
+                walk(v, [*path, k])
+
+    walk(values, [])
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ report
+def is_study(folder: str | Path) -> bool:
+    return (Path(folder) / "study.json").is_file()
+
+
+def load_study(folder: str | Path, storage: str | None = None):
+    """The Optuna study a study folder describes (`storage` when its URL had a password)."""
+    optuna = _optuna()
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / "study.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise TuneError(f"{folder / 'study.json'}: not a study record ({e})") from None
+    url = storage or ("" if record["storage"] == "study.db" else record["storage"])
+    if "***" in url:
+        raise TuneError(f"{folder}: its storage URL's password is not stored; give the URL "
+                        "with --storage")
+    try:
+        return optuna.load_study(study_name=record["study_name"],
+                                 storage=_storage(url, folder))
+    except KeyError:
+        raise TuneError(f"{folder}: study {record['study_name']!r} is not in its storage "
+                        f"{_shown(url) or folder / 'study.db'}") from None
+
+
+def write_study_report(folder: str | Path, out: str | Path, storage: str | None = None) -> Path:
+    """A study's trials table and its figures (optimisation history, each trial's
+    validation score per epoch, parameter importances) in out/index.html."""
+    import base64
+    import html
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+    study = load_study(folder, storage)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = trials_table(study)
+    columns = [c for c in dict.fromkeys(k for row in rows for k in row)
+               if c not in ("run_dir", "error")]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [row.get(c) for c in columns]
+        lines.append("| " + " | ".join("" if v is None else f"{v:.4g}" if isinstance(v, float)
+                                       else str(v) for v in cells) + " |")
+    (out / "trials.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    parts = [f"<!doctype html><meta charset='utf-8'><title>study {html.escape(study.study_name)}"
+             "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+             "img{max-width:100%}</style>",
+             f"<h1>Study {html.escape(study.study_name)}</h1>",
+             "<p>Trials are judged on the held-out validation split (overall score), never "
+             "on dev.</p><pre>" + html.escape("\n".join(lines)) + "</pre>"]
+    finished = [t for t in study.trials if t.state.name == "COMPLETE"]
+    figures = [("history", plots.plot_optimization_history, 1),
+               ("epochs", plots.plot_intermediate_values, 1),
+               ("importance", plots.plot_param_importances, 2)]
+    for name, plot, needed in figures:
+        if len(finished) < needed:
+            parts.append(f"<p>{name}: needs {needed} complete trials</p>")
+            continue
+        try:
+            axes = plot(study)
+        except (RuntimeError, ValueError) as e:  # e.g. importances of a parameter never varied
+            parts.append(f"<p>{name}: {html.escape(str(e))}</p>")
+            continue
+        path = out / f"{name}.png"
+        axes.figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(axes.figure)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(f"<p><img alt='{name}' src='data:image/png;base64,{data}'></p>")
+    (out / "index.html").write_text("\n".join(parts), encoding="utf-8")
+    return out / "index.html"
