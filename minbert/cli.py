@@ -92,13 +92,15 @@ def _inputs(examples):
 
 
 def cmd_evaluate(args):
-    from minbert.evaluation import format_table, overall_score
-    from minbert.runs import check_run_folder, read_split, writable_folder, write_text_atomic
+    from minbert.evaluation import format_table, overall_score, write_predictions
+    from minbert.runs import (RunFolder, check_run_folder, read_split, writable_folder,
+                              write_text_atomic)
     single = len(args.run_dirs) == 1
     if single:  # its dev-metrics.json goes into the run folder
         writable_folder(check_run_folder(args.run_dirs[0]).path, "run")
+    out = _evaluation_folder(args) if args.out else None
     predictor = _predictor(args, args.run_dirs)
-    config, metrics = predictor.runs[0].config, {}
+    config, metrics, predictions = predictor.runs[0].config, {}, {}
     for name, task in predictor.tasks.items():
         examples = read_split(config, task, "dev")
         if examples is None:
@@ -106,12 +108,43 @@ def cmd_evaluate(args):
         prediction = predictor.predict(name, _inputs(examples),
                                        config.data.eval_batch_size)
         metrics[name] = task.metric(prediction.values, examples.labels)
+        predictions[name] = (examples.ids, prediction.values)
     metrics["overall"] = overall_score(metrics, predictor.tasks)
     print(format_table(metrics, predictor.tasks))
     if single:
         write_text_atomic(Path(args.run_dirs[0]) / "dev-metrics.json",
                           json.dumps(metrics, indent=2) + "\n")
+    if out is not None:  # an evaluation folder that compare and report read like a run's
+        folder = RunFolder(out)
+        saved = {**config.to_dict(), "run_dir": str(out)}
+        write_text_atomic(folder.config_file, json.dumps(saved, indent=2))
+        record = {"type": "evaluation", "members": [str(Path(d)) for d in args.run_dirs],
+                  "precision": predictor.precision, "dev": metrics}
+        write_text_atomic(folder.log_file, json.dumps(record) + "\n")
+        write_text_atomic(out / "dev-metrics.json", json.dumps(metrics, indent=2) + "\n")
+        folder.predictions.mkdir(exist_ok=True)
+        for name, (ids, values) in predictions.items():
+            task = predictor.tasks[name]
+            write_predictions(folder.predictions / f"{task.output_prefix}-dev-output.csv",
+                              task, ids, values)
+        print(f"wrote {out}: dev predictions, dev-metrics.json (`minbert compare {out} RUN`)")
     return 0
+
+
+def _evaluation_folder(args) -> Path:
+    """--out of evaluate: a new folder, or one that an earlier evaluate wrote; never a run."""
+    from minbert.runs import RunFolder, RunError, writable_folder
+    out = Path(args.out)
+    if any(out.resolve() == Path(d).resolve() for d in args.run_dirs):
+        raise RunError(f"--out {out}: is one of the runs evaluated; give a new folder")
+    folder = RunFolder(out)
+    if folder.log_file.is_file():
+        first = folder.log_file.read_text(encoding="utf-8").split("\n", 1)[0]
+        if '"type": "evaluation"' not in first:
+            raise RunError(f"--out {out}: holds a training run; give a new folder")
+    elif folder.holds_run():
+        raise RunError(f"--out {out}: holds run files; give a new folder")
+    return writable_folder(out, "evaluation")
 
 
 def cmd_predict(args):
@@ -255,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="cpu, cuda, ... (default: the run's)")
         p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                        help="autocast precision (default: the run's train.precision)")
+        if name == "evaluate":
+            p.add_argument("--out", help="also write the dev predictions, metrics and config "
+                                         "to this folder (an ensemble's, say), for `minbert "
+                                         "compare` and `minbert report`")
         if name == "predict":
             p.add_argument("--out", help="leaderboard mode: output folder (default "
                                          "RUN_DIR/predictions); new text: a .csv or .jsonl "

@@ -143,3 +143,25 @@ def test_cli_evaluates_an_ensemble(trained, capsys):
     assert cli.main(["evaluate", *map(str, trained), "--precision", "fp32"]) == 0
     captured = capsys.readouterr()
     assert "ensemble of 2 runs" in captured.err and "overall" in captured.out
+
+
+def test_an_evaluation_folder_compares_an_ensemble_with_its_members(trained, tmp_path,
+                                                                    capsys):
+    from minbert.compare import compare_runs
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert cli.main(["evaluate", str(trained[0]), "--out", str(one)]) == 0
+    assert cli.main(["evaluate", *map(str, trained), "--out", str(two)]) == 0
+    metrics = json.loads((two / "dev-metrics.json").read_text())
+    assert f"{metrics['overall']:.3f}" in capsys.readouterr().out
+    # an ensemble of one is its run: every difference exactly zero
+    assert all(row.difference == 0 for row in compare_runs(one, trained[0], 200, 0))
+    rows = {row.name: row for row in compare_runs(two, trained[0], 200, 0)}
+    member = json.loads((trained[0] / "dev-metrics.json").read_text())
+    assert rows["overall"].difference == pytest.approx(metrics["overall"] - member["overall"],
+                                                       abs=1e-3)
+    record = json.loads((two / "log.jsonl").read_text())
+    assert record["members"] == [str(p) for p in trained]
+    # evaluated again into the same folder: allowed; into a run, or a training run: refused
+    assert cli.main(["evaluate", *map(str, trained), "--out", str(two)]) == 0
+    assert cli.main(["evaluate", str(trained[0]), "--out", str(trained[1])]) == 2
+    assert "holds a training run" in capsys.readouterr().err
