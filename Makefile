@@ -61,3 +61,4 @@ bench: setup
 	$(PY) benchmarks/surgery_cost.py
 	$(PY) benchmarks/eval_speed.py
 	$(PY) benchmarks/onnx_speed.py
+	$(PY) benchmarks/compile_speed.py
