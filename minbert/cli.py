@@ -1,4 +1,4 @@
-"""`minbert train | tune | evaluate | predict | report | compare | export | data`: each reads a
+"""`minbert train | pretrain | tune | evaluate | predict | report | compare | export | data`: each reads a
 TOML config (or a run folder's saved one); `section.key=value` arguments override it."""
 from __future__ import annotations
 
@@ -50,6 +50,19 @@ def _train_seeds(config, args):
             metric = tasks[key].metric_name if key in tasks else ""
             print(f"{key:<10}{metric:<10}{s['mean']:>8.4f} ± {s['std']:.4f}   "
                   f"[{s['low']:.4f}, {s['high']:.4f}]")
+    return 0
+
+
+def cmd_pretrain(args):
+    from minbert.pretraining import pretrain
+    overrides = list(args.overrides) + ([f'pretrain.run_dir="{args.run_dir}"']
+                                        if args.run_dir else [])
+    config = load_config(args.config, overrides)
+    out = pretrain(config, overwrite=args.overwrite)
+    if out.name == "model":
+        print(f"\nwrote {out}; fine-tune from it with model.checkpoint=\"{out}\"")
+    else:
+        print(f"\nstopped at pretrain.max_steps; the same command continues {out}")
     return 0
 
 
@@ -262,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in RUN_DIR/seed-N, then a summary (RUN_DIR/seeds.json)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-5")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("pretrain", help="continued masked-LM pretraining of the encoder on the "
+                                        "tasks' sentences and/or text files ([pretrain])")
+    p.add_argument("--config", help="TOML config (its [pretrain] section, tasks and data)")
+    p.add_argument("--run-dir", help="the pretraining's run folder (overrides pretrain.run_dir)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the pretraining the folder holds instead of refusing")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. pretrain.epochs=2")
+    p.set_defaults(func=cmd_pretrain)
     p = sub.add_parser("tune", help="hyperparameter search over the config's [tune.space] "
                                     "(Optuna), judged on the held-out validation split")
     p.add_argument("--config", required=True, help="TOML config with a [tune.space] table")

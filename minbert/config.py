@@ -107,6 +107,31 @@ class SmartConfig:
         return replace(self, **self.overrides.get(task, {}))
 
 
+@dataclass
+class PretrainConfig:
+    """`minbert pretrain`: continued masked-language-model training of the encoder on the
+    configured tasks' own sentences (and/or any text files), written as an HF folder that
+    model.checkpoint accepts."""
+    run_dir: str = "runs/pretrain"   # its run folder; the model lands in RUN_DIR/model
+    checkpoint: str = ""             # the BERT to start from ("": model.checkpoint)
+    task_splits: list = field(default_factory=lambda: ["train", "dev", "test"])  # texts only
+    text_files: list = field(default_factory=list)  # one text a line (relative to data.dir)
+    epochs: int = 1
+    max_steps: int = 0               # stop after N steps (0: no limit); resumable
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    batch_size: int = 32
+    max_length: int = 128
+    mask_prob: float = 0.15          # of the real tokens; of those 80% [MASK], 10% random, 10% kept
+    held_out: float = 0.02           # this share of the texts scores the MLM after each epoch
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 20
+    device: str = "auto"
+    precision: str = "auto"
+
+
 # the SMART settings a task may override (the rest are the run's)
 SMART_PER_TASK = ("adversarial_weight", "proximal_weight", "noise_std", "step_size", "epsilon",
                   "adversarial_steps", "norm", "inner_divergence", "final_divergence",
@@ -121,6 +146,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     smart: SmartConfig = field(default_factory=SmartConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     tasks: dict = field(default_factory=dict)  # per-task overrides or new tasks
     regularizers: dict = field(default_factory=dict)  # name -> its options (SMART: [smart])
     tune: dict = field(default_factory=dict)  # `minbert tune`'s study (minbert/tuning.py)
@@ -130,11 +156,12 @@ class RunConfig:
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
-             "smart": SmartConfig}
+             "smart": SmartConfig, "pretrain": PretrainConfig}
 DIVERGENCES = ("auto", "kl", "sym-kl", "squared")
 _CHOICES = {  # the model's own choices are checked against minbert.multitask's lists
     "train.mode": ("full-model", "last-linear-layer"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "pretrain.precision": ("auto", "fp32", "bf16"),
     "smart.norm": ("inf", "l2"),
     "smart.inner_divergence": DIVERGENCES,
     "smart.final_divergence": DIVERGENCES,
@@ -161,6 +188,18 @@ _RANGES = {
     "train.checkpoint_every": (1, None, True, None),
     "train.log_every": (1, None, True, None),
     "train.max_steps": (0, None, True, None),
+    "pretrain.epochs": (1, None, True, None),
+    "pretrain.max_steps": (0, None, True, None),
+    "pretrain.lr": (0, None, False, None),
+    "pretrain.weight_decay": (0, None, True, None),
+    "pretrain.warmup": (0, 1, True, False),
+    "pretrain.batch_size": (1, None, True, None),
+    "pretrain.max_length": (8, None, True, None),
+    "pretrain.mask_prob": (0, 1, False, False),
+    "pretrain.held_out": (0, 0.5, True, True),
+    "pretrain.seed": (0, None, True, None),
+    "pretrain.checkpoint_every": (1, None, True, None),
+    "pretrain.log_every": (1, None, True, None),
     "smart.adversarial_weight": (0, None, True, None),
     "smart.proximal_weight": (0, None, True, None),
     "smart.noise_std": (0, None, True, None),
@@ -328,9 +367,19 @@ def validate(config: RunConfig, source: str = "config") -> None:
                                  f"use one of {', '.join(allowed)}")
     for name in _SECTIONS:
         _check_values(getattr(config, name), name, source)
-    if not _DEVICE.fullmatch(config.train.device):
-        raise ConfigKeyError(f"{source}: train.device = {config.train.device!r}; use auto, "
-                             "cpu, cuda or cuda:N")
+    for key in ("train.device", "pretrain.device"):
+        section, name = key.split(".")
+        if not _DEVICE.fullmatch(getattr(getattr(config, section), name)):
+            raise ConfigKeyError(f"{source}: {key} = {getattr(getattr(config, section), name)!r}; "
+                                 "use auto, cpu, cuda or cuda:N")
+    pre = config.pretrain
+    unknown = [s for s in pre.task_splits if s not in ("train", "dev", "test")]
+    if unknown or len(set(pre.task_splits)) != len(pre.task_splits):
+        raise ConfigKeyError(f"{source}: pretrain.task_splits = {pre.task_splits!r}; list some "
+                             "of train, dev, test (each once), or [] for text_files only")
+    if not all(isinstance(f, str) and f for f in pre.text_files):
+        raise ConfigKeyError(f"{source}: pretrain.text_files must list file paths, got "
+                             f"{pre.text_files!r}")
     names = config.data.tasks
     if not names or not all(isinstance(t, str) and t for t in names):
         raise ConfigKeyError(f"{source}: data.tasks must list task names, got {names!r}")

@@ -282,6 +282,8 @@ class BertModel(nn.Module):
                 raise ValueError(f"{source}: tensor {key} has shape {tuple(tensor.shape)}, "
                                  f"the config needs {tuple(own[key].shape)}")
         missing = sorted(set(own) - set(renamed))
-        unexpected = sorted(set(renamed) - set(own))
+        # cls.*: pretraining heads (MLM, next sentence) that a checkpoint may carry beside
+        # the encoder; not the encoder's, and expected
+        unexpected = sorted(k for k in set(renamed) - set(own) if not k.startswith("cls."))
         self.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=False)
         return {"missing": missing, "unexpected": unexpected}

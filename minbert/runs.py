@@ -46,6 +46,9 @@ from minbert.tokenizer import Tokenizer
 RESUMABLE_CHANGES = {"run_dir", "data.dir", "data.eval_batch_size", "train.device",
                      "train.checkpoint_every", "train.log_every", "train.max_steps",
                      "train.tensorboard", "train.compile", "train.compile_backend"}
+# sections that configure other commands (minbert pretrain, minbert tune): a training run
+# resumes whatever they say
+OTHER_COMMANDS = ("pretrain.", "tune")
 # what a run writes into its folder (and what --overwrite removes)
 RUN_FILES = ("config.json", "log.jsonl", "checkpoint.pt", "best.pt", "dev-metrics.json")
 RUN_FOLDERS = ("predictions", "tensorboard")
@@ -225,7 +228,8 @@ def config_changes(saved: dict, config: RunConfig) -> list[str]:
     saved = {**{k: v for k, v in defaults.items() if k in current}, **_flatten(saved)}
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
             for k in sorted(set(saved) | set(current))
-            if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES]
+            if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES
+            and not k.startswith(OTHER_COMMANDS)]
 
 
 class RunFolder:
