@@ -54,6 +54,7 @@ class TrainConfig:
     lr: float = 5e-5
     head_lr: float = 0.0              # 0: same as lr
     weight_decay: float = 0.01
+    layer_decay: float = 1.0          # encoder layer i's lr: lr * layer_decay^(top - i); 1: off
     warmup: float = 0.1               # fraction of all updates
     clip_norm: float = 1.0            # 0: no clipping
     sampler: str = "round-robin"      # a name in minbert.samplers.SAMPLERS
@@ -180,6 +181,7 @@ _RANGES = {
     "train.lr": (0, None, False, None),
     "train.head_lr": (0, None, True, None),
     "train.weight_decay": (0, None, True, None),
+    "train.layer_decay": (0, 1, False, True),
     "train.warmup": (0, 1, True, False),
     "train.clip_norm": (0, None, True, None),
     "train.temperature": (0, None, False, None),

@@ -62,6 +62,15 @@ def _own_share(saved, tasks) -> dict:
             for name, (preds, labels) in mine.items()}
 
 
+def _depth(name: str, layers: int) -> int:
+    """0 for the embeddings, i + 1 for encoder layer i, layers + 1 above (the pooler)."""
+    if name.startswith("embeddings."):
+        return 0
+    if name.startswith("encoder.layer."):
+        return int(name.split(".")[2]) + 1
+    return layers + 1
+
+
 class Trainer:
     def __init__(self, config: RunConfig, tasks: dict[str, Task], model: MultiTaskModel,
                  train_sets: dict[str, EncodedTask], dev_sets: dict[str, EncodedTask],
@@ -115,19 +124,30 @@ class Trainer:
 
     # ----------------------------------------------------------------- setup helpers
     def _param_groups(self):
-        decay, no_decay, heads = [], [], []
+        """Heads at head_lr; the top encoder layer (and the pooler) at lr, each layer below
+        it at layer_decay times the one above, the embeddings lowest (layer-wise lr decay;
+        1: one lr); biases and LayerNorm without weight decay, as BERT does."""
+        cfg = self.config.train
+        layers = self.model.encoder.config.num_hidden_layers
+        groups: dict[tuple, list] = {}
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
             if name.startswith("heads."):
-                heads.append(p)
-            elif p.ndim < 2:  # biases and LayerNorm: no weight decay, as BERT does
-                no_decay.append(p)
+                key = ("heads", 1.0)
             else:
-                decay.append(p)
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0},
-                  {"params": heads, "lr": self.config.train.head_lr or self.config.train.lr}]
-        return [g for g in groups if g["params"]]
+                depth = _depth(name.removeprefix("encoder."), layers)
+                key = ("decay" if p.ndim >= 2 else "no_decay",
+                       cfg.layer_decay ** max(0, layers - depth))
+            groups.setdefault(key, []).append(p)
+        out = []
+        for (kind, scale), params in groups.items():
+            group = {"params": params, "lr": (cfg.head_lr or cfg.lr) if kind == "heads"
+                     else cfg.lr * scale}
+            if kind == "no_decay":
+                group["weight_decay"] = 0.0
+            out.append(group)
+        return out
 
     def _plan(self, epoch: int):
         return plan_epoch(self.train_sets, self.config.data.batch_size, self.sampler,

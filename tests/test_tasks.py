@@ -65,3 +65,35 @@ def test_tasks_declare_their_report_analyses(tasks):
     assert tasks["sst"].analyses == ("per_class", "near_misses", "distribution")
     assert tasks["quora"].analyses == ("per_class",)
     assert tasks["sts"].analyses == ("bands", "distribution", "scatter")
+
+
+def test_label_smoothing_spreads_the_target_evenly_or_by_closeness():
+    even = build_task("sst", {"label_smoothing": 0.2})
+    targets = even.soft_targets(torch.tensor([0, 2]))
+    assert targets.sum(-1).tolist() == pytest.approx([1.0, 1.0])
+    assert targets[1].tolist() == pytest.approx([0.05, 0.05, 0.8, 0.05, 0.05])
+    close = build_task("sst", {"label_smoothing": 0.2, "ordinal_smoothing": True})
+    row = close.soft_targets(torch.tensor([0]))[0]
+    weights = np.exp(-np.arange(1, 5)) / np.exp(-np.arange(1, 5)).sum()
+    assert row.tolist() == pytest.approx([0.8, *(0.2 * weights)])
+    logits = torch.randn(3, 5)
+    labels = torch.tensor([1.0, 4.0, 0.0])
+    expected = -(close.soft_targets(labels.long()) * torch.log_softmax(logits, -1)).sum(-1)
+    assert close.loss(logits, labels).item() == pytest.approx(expected.mean().item(), rel=1e-6)
+    assert build_task("sst", {}).loss(logits, labels).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels.long()).item())
+    quora = build_task("quora", {"label_smoothing": 0.1})  # binary: targets 0.05 / 0.95
+    logit = torch.tensor([[0.3]])
+    assert quora.loss(logit, torch.tensor([1.0])).item() == pytest.approx(
+        -(0.95 * math.log(torch.sigmoid(logit).item())
+          + 0.05 * math.log(1 - torch.sigmoid(logit).item())))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"label_smoothing": 1.0}, "label_smoothing"), ({"label_smoothing": "a"}, "label_smoothing"),
+    ({"ordinal_smoothing": 1}, "ordinal_smoothing")])
+def test_bad_smoothing_is_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_task("sst", options)
+    with pytest.raises(ValueError, match="needs ordered classes"):
+        build_task("quora", {"ordinal_smoothing": True, "label_smoothing": 0.1})

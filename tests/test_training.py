@@ -150,3 +150,27 @@ def test_pair_encoding_can_be_chosen_per_task(tiny_checkpoint):
     assert isinstance(model.heads["quora"], ConcatPairHead)
     with pytest.raises(ValueError, match="tasks.sts.pair_encoding"):
         build_task("sts", {"pair_encoding": "both"})
+
+
+def test_layer_decay_gives_each_encoder_layer_its_learning_rate(task_dir, tiny_checkpoint,
+                                                                tmp_path):
+    from minbert.runs import build_model, build_tasks, encode_train
+    from minbert.training import Trainer
+    values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", lr=1e-3,
+                                head_lr=1e-2, layer_decay=0.5)
+    config = build_config(values)
+    tasks = build_tasks(config)
+    model, tokenizer = build_model(config, tasks)
+    train_sets, _, _ = encode_train(config, tasks, tokenizer)
+    trainer = Trainer(config, tasks, model, train_sets, {})
+    lr_of = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups
+                for p in g["params"]}
+    encoder = model.encoder  # 2 layers: embeddings 0.25 lr, layer 0 0.5, layer 1 and pooler 1
+    assert lr_of[id(encoder.embeddings.word_embeddings.weight)] == pytest.approx(2.5e-4)
+    assert lr_of[id(encoder.encoder.layer[0].attention.self.query.weight)] == pytest.approx(5e-4)
+    assert lr_of[id(encoder.encoder.layer[1].output.dense.weight)] == pytest.approx(1e-3)
+    assert lr_of[id(encoder.pooler.dense.weight)] == pytest.approx(1e-3)
+    assert all(lr_of[id(p)] == pytest.approx(1e-2) for p in model.heads.parameters())
+    assert decay_of[id(encoder.encoder.layer[0].output.LayerNorm.weight)] == 0.0
+    assert len(lr_of) == sum(1 for p in model.parameters() if p.requires_grad)

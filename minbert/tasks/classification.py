@@ -31,6 +31,10 @@ class ClassificationTask(Task):
     kind = "classification"
     num_classes: int = 2
     ordinal: bool = False  # ordered classes (SST's 0-4 sentiment): near misses are reported
+    label_smoothing: float = 0.0    # this share of the target spread over the other classes
+    # ordered classes only: the smoothing's share goes to the other classes by closeness,
+    # in proportion to exp(-|k - gold|) (most SST errors are one class away)
+    ordinal_smoothing: bool = False
     metric_name = "accuracy"
     metric_abbreviation = "acc"
 
@@ -56,8 +60,18 @@ class ClassificationTask(Task):
                 or self.num_classes < 2):
             raise ValueError(f"tasks.{self.name}.num_classes: an integer ≥ 2, got "
                              f"{self.num_classes!r}")
-        if not isinstance(self.ordinal, bool):
-            raise ValueError(f"tasks.{self.name}.ordinal: true or false, got {self.ordinal!r}")
+        for key in ("ordinal", "ordinal_smoothing"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"tasks.{self.name}.{key}: true or false, got "
+                                 f"{getattr(self, key)!r}")
+        smoothing = self.label_smoothing
+        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) \
+                or not 0 <= smoothing < 1:
+            raise ValueError(f"tasks.{self.name}.label_smoothing: a number in [0, 1), got "
+                             f"{smoothing!r}")
+        if self.ordinal_smoothing and not self.ordinal:
+            raise ValueError(f"tasks.{self.name}.ordinal_smoothing needs ordered classes "
+                             "(ordinal = true)")
 
     def parse_label(self, raw: str) -> float:
         value = float(raw)
@@ -66,9 +80,25 @@ class ClassificationTask(Task):
         return value
 
     def loss(self, logits, labels):
+        eps = self.label_smoothing
         if self.binary:
-            return F.binary_cross_entropy_with_logits(logits.squeeze(-1), labels)
-        return F.cross_entropy(logits, labels.long())
+            return F.binary_cross_entropy_with_logits(logits.squeeze(-1),
+                                                      labels * (1 - eps) + eps / 2)
+        if not eps:
+            return F.cross_entropy(logits, labels.long())
+        return F.cross_entropy(logits, self.soft_targets(labels.long()))
+
+    def soft_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """(batch, classes): 1 − ε on the gold class, ε on the others, evenly (as
+        F.cross_entropy's label_smoothing does, less the gold class's share) or by closeness
+        (ordinal_smoothing)."""
+        eps, k = self.label_smoothing, self.num_classes
+        classes = torch.arange(k, device=labels.device)
+        distance = (classes[None, :] - labels[:, None]).abs().float()
+        weights = torch.exp(-distance) if self.ordinal_smoothing else torch.ones_like(distance)
+        weights = weights.masked_fill(distance == 0, 0.0)
+        weights = weights / weights.sum(-1, keepdim=True)
+        return (1 - eps) * F.one_hot(labels, k).float() + eps * weights
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(batch, num_classes) class probabilities (a binary task: [1 − p, p])."""
