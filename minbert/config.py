@@ -55,6 +55,8 @@ class TrainConfig:
     head_lr: float = 0.0              # 0: same as lr
     weight_decay: float = 0.01
     layer_decay: float = 1.0          # encoder layer i's lr: lr * layer_decay^(top - i); 1: off
+    average_last: int = 0             # N >= 2: the mean weights of the last N epochs are one
+                                      # more candidate for best.pt (0: off)
     warmup: float = 0.1               # fraction of all updates
     clip_norm: float = 1.0            # 0: no clipping
     sampler: str = "round-robin"      # a name in minbert.samplers.SAMPLERS
@@ -182,6 +184,7 @@ _RANGES = {
     "train.head_lr": (0, None, True, None),
     "train.weight_decay": (0, None, True, None),
     "train.layer_decay": (0, 1, False, True),
+    "train.average_last": (0, None, True, None),
     "train.warmup": (0, 1, True, False),
     "train.clip_norm": (0, None, True, None),
     "train.temperature": (0, None, False, None),
@@ -374,6 +377,9 @@ def validate(config: RunConfig, source: str = "config") -> None:
         if not _DEVICE.fullmatch(getattr(getattr(config, section), name)):
             raise ConfigKeyError(f"{source}: {key} = {getattr(getattr(config, section), name)!r}; "
                                  "use auto, cpu, cuda or cuda:N")
+    if config.train.average_last == 1 or config.train.average_last > config.train.epochs:
+        raise ConfigKeyError(f"{source}: train.average_last = {config.train.average_last}; "
+                             f"average 2 to train.epochs ({config.train.epochs}) epochs, or 0")
     pre = config.pretrain
     unknown = [s for s in pre.task_splits if s not in ("train", "dev", "test")]
     if unknown or len(set(pre.task_splits)) != len(pre.task_splits):

@@ -118,6 +118,8 @@ class Trainer:
                                       **cfg.combiner_options)
         self.regularizers = build_regularizers(config, tasks, self.total_updates)
         self.epoch, self.step, self.updates, self.best = 0, 0, 0, -math.inf
+        # train.average_last: the running mean of the last epochs' weights (float tensors)
+        self.average, self.averaged_epochs = None, []
         self.train_outputs = {name: ([], []) for name in tasks}  # predictions, labels
         self.file_counts = file_counts or {}
         self.writer = None  # TensorBoard, made on first use when train.tensorboard is on
@@ -222,8 +224,10 @@ class Trainer:
         self.log({"type": "final", "selected_epoch": state["epoch"],
                   "validation": state["metrics"], "dev": metrics})
         if self.main:
-            tqdm.write(f"epoch {state['epoch']} chosen on the validation split; its dev "
-                       "scores:\n" + format_table(metrics, self.tasks))
+            chosen = (f"the average of epochs {state['averaged_epochs']}"
+                      if state.get("averaged_epochs") else f"epoch {state['epoch']}")
+            tqdm.write(f"{chosen} chosen on the validation split; its dev scores:\n"
+                       + format_table(metrics, self.tasks))
         self.write_dev_predictions(predictions)
         self._atomic_save({**state, "dev": metrics}, self.folder.best)
         self.save_checkpoint()  # its log position now includes the final record
@@ -317,11 +321,49 @@ class Trainer:
                               self.folder.best)
             if self.selection == "dev":  # the best model's dev predictions
                 self.write_dev_predictions(predictions)
+        cfg = self.config.train
+        if cfg.average_last and self.epoch + 1 > cfg.epochs - cfg.average_last:
+            self.accumulate_average()
+            if self.epoch + 1 == cfg.epochs:
+                self.score_average(chosen_on)
         self.epoch += 1
         self.step = 0
         self.train_outputs = {name: ([], []) for name in self.tasks}
         self.save_checkpoint()
         return metrics
+
+    def accumulate_average(self):
+        weights = {k: v.detach().float() for k, v in self.model.state_dict().items()
+                   if v.is_floating_point()}
+        if self.average is None:
+            self.average = {k: v.clone() for k, v in weights.items()}
+        else:
+            n = len(self.averaged_epochs) + 1
+            for key, value in weights.items():
+                self.average[key] += (value - self.average[key]) / n
+        self.averaged_epochs.append(self.epoch + 1)
+
+    def score_average(self, chosen_on):
+        """The mean of the last epochs' weights as one more candidate: scored on the
+        selection split, and kept as best.pt when it beats every epoch."""
+        current = {k: v.clone() for k, v in self.model.state_dict().items()}
+        averaged = {**current, **{k: v.to(current[k].dtype) for k, v in self.average.items()}}
+        self.model.load_state_dict(averaged)
+        metrics, predictions = evaluate(self.model, self.tasks, chosen_on,
+                                        self.config.data.eval_batch_size, self.device,
+                                        self.autocast)
+        self.model.load_state_dict(current)
+        self.log({"type": "average", "epochs": self.averaged_epochs, self.selection: metrics})
+        if self.main:
+            tqdm.write(f"average of epochs {self.averaged_epochs}:\n"
+                       + format_table(metrics, self.tasks, self.selection))
+        if metrics["overall"] > self.best:
+            self.best = metrics["overall"]
+            self._atomic_save({"model": averaged, "metrics": metrics, "epoch": self.epoch + 1,
+                               "averaged_epochs": list(self.averaged_epochs),
+                               "config": self.config.to_dict()}, self.folder.best)
+            if self.selection == "dev":
+                self.write_dev_predictions(predictions)
 
     # ----------------------------------------------------------------- logging
     def log(self, record: dict):
@@ -381,6 +423,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "combiner": self.combiner.state_dict(),
             "regularizers": [r.state_dict() for r in self.regularizers],
             "epoch": self.epoch, "step": self.step, "updates": self.updates, "best": self.best,
+            "average": self.average, "averaged_epochs": self.averaged_epochs,
             "train_outputs": distributed.gather_objects(self.train_outputs),  # per rank
             "config": self.config.to_dict(),
             "log_bytes": log.stat().st_size if log.exists() else 0, "rng": rng,
@@ -404,6 +447,8 @@ class Trainer:
             regularizer.load_state_dict(reg_state)
         self.epoch, self.step, self.updates = state["epoch"], state["step"], state["updates"]
         self.best = state["best"]
+        self.average = state.get("average")  # older checkpoints: no average kept
+        self.averaged_epochs = state.get("averaged_epochs", [])
         self.train_outputs = _own_share(state["train_outputs"], self.tasks)
         rng = state["rng"]  # a list, one state per rank (a dict in older checkpoints)
         rng = rng if isinstance(rng, dict) else rng[distributed.rank() % len(rng)]

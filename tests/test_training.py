@@ -174,3 +174,33 @@ def test_layer_decay_gives_each_encoder_layer_its_learning_rate(task_dir, tiny_c
     assert all(lr_of[id(p)] == pytest.approx(1e-2) for p in model.heads.parameters())
     assert decay_of[id(encoder.encoder.layer[0].output.LayerNorm.weight)] == 0.0
     assert len(lr_of) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+def test_averaging_the_last_epochs_adds_their_mean_as_a_candidate(task_dir, tiny_checkpoint,
+                                                                  tmp_path):
+    values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "a", average_last=2)
+    train(build_config(values))
+    records = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    average = [r for r in records if r["type"] == "average"]
+    assert len(average) == 1 and average[0]["epochs"] == [1, 2]
+    # the checkpoint's mean is the mean of epoch 1's and epoch 2's weights
+    steps = next(r for r in records if r["type"] == "start")["steps_per_epoch"]
+    values["run_dir"] = str(tmp_path / "b")
+    values["train"]["max_steps"] = steps  # stops at the end of epoch 1's training
+    train(build_config(values))
+    last = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    first = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    for key, mean in last["average"].items():
+        assert torch.allclose(mean, (first["model"][key] + last["model"][key]) / 2, atol=1e-6)
+    # best.pt holds whichever scored best: an epoch, or the mean
+    best = torch.load(tmp_path / "a" / "best.pt", weights_only=True)
+    scores = [r["dev"]["overall"] for r in records if r["type"] in ("epoch", "average")]
+    assert best["metrics"]["overall"] == max(scores)
+    if average[0]["dev"]["overall"] > max(scores[:-1]):  # the mean beat every epoch
+        assert best["averaged_epochs"] == [1, 2]
+    else:
+        assert "averaged_epochs" not in best
+    with pytest.raises(Exception, match="train.average_last"):
+        build_config(tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "c",
+                                        average_last=3))
