@@ -28,7 +28,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="quora")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=8, help="a multiple of 4 (every-4th)")
+    parser.add_argument("--steps", type=int, default=8, help="a multiple of 8 (every-8th)")
     parser.add_argument("--K", type=int, default=1)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     args = parser.parse_args()
@@ -42,6 +42,10 @@ def main():
         "proximal term only (λs = 0)": {"adversarial_weight": 0.0},
         "SMART, adversarial_share 0.25": {"adversarial_share": 0.25},
         "SMART, adversarial_every 4": {"adversarial_every": 4},
+        "SMART, adversarial_share 0.1": {"adversarial_share": 0.1},
+        "SMART, adversarial_every 8": {"adversarial_every": 8},
+        "adversarial only, share 0.1 (μ = 0)": {"adversarial_share": 0.1,
+                                                 "proximal_weight": 0.0},
         "SMART, R3F (adversarial_steps 0)": {"adversarial_steps": 0},
         "R-Drop (2 dropout passes only)": {"adversarial_steps": 0, "noise_std": 0.0,
                                            "detach_target": False, "proximal_weight": 0.0},
@@ -100,7 +104,7 @@ def main():
           f"{torch.get_num_threads()} threads, step precision {precision}, "
           f"mean of {args.steps}")
     for name, value in mean.items():
-        print(f"{name:<34}{value * 1000:8.1f} ms   ratio {value / mean['plain']:.2f}x")
+        print(f"{name:<38}{value * 1000:8.1f} ms   ratio {value / mean['plain']:.2f}x")
     total = sum(parts.values())
     print("\nshare of the full SMART step:")
     for name in ("clean forward",):
