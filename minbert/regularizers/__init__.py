@@ -43,4 +43,4 @@ def build_regularizers(config, tasks, total_updates: int) -> list[Regularizer]:
     return built
 
 
-from minbert.regularizers import smart  # noqa: E402,F401  (registers the built-in)
+from minbert.regularizers import distill, smart  # noqa: E402,F401  (registers the built-ins)

@@ -158,6 +158,11 @@ class Task:
         'squared'. `target` is the reference output (detached by the caller)."""
         raise NotImplementedError
 
+    def mean_logits(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        """Logits whose prediction is the mean of several models' predictions (what an
+        ensemble says), for distillation."""
+        raise NotImplementedError
+
     def overall_share(self, value: float) -> float:
         """This task's metric as it enters the overall score (a mean over tasks)."""
         return value

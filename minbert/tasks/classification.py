@@ -107,6 +107,14 @@ class ClassificationTask(Task):
             return torch.stack([1 - p, p], dim=-1)
         return F.softmax(logits, dim=-1)
 
+    def mean_logits(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        """Logits of the mean of several models' class probabilities (an ensemble's)."""
+        if self.binary:
+            p = torch.stack([torch.sigmoid(x) for x in logits]).mean(0).clamp(1e-6, 1 - 1e-6)
+            return torch.log(p) - torch.log1p(-p)
+        p = torch.stack([F.softmax(x, dim=-1) for x in logits]).mean(0)
+        return torch.log(p.clamp_min(1e-12))
+
     def predict(self, logits):
         if self.binary:
             return (logits.squeeze(-1) > 0).long()

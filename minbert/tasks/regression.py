@@ -59,6 +59,11 @@ class RegressionTask(Task):
     def predict(self, logits):
         return self.low + (self.high - self.low) * self.unit(logits)
 
+    def mean_logits(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        """Logits of the mean of several models' scores (an ensemble's)."""
+        p = torch.stack([self.unit(x) for x in logits]).mean(0).clamp(1e-6, 1 - 1e-6)
+        return (torch.log(p) - torch.log1p(-p)).unsqueeze(-1)
+
     def metric(self, predictions, labels):
         predictions = np.asarray(predictions, dtype=np.float64)
         if np.ptp(predictions) == 0:

@@ -1,0 +1,90 @@
+"""Distillation from trained runs: the ensemble's target, the term's definition, the
+checks on teachers, and a student trained with it."""
+import math
+
+import pytest
+import torch
+
+from minbert.config import ConfigKeyError, build_config
+from minbert.regularizers.distill import Distill
+from minbert.runs import build_model, build_tasks, encode_train
+from minbert.tasks import build_task
+from minbert.training import train
+
+from helpers import tiny_config_values, write_task_files
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("distill")
+    (root / "data").mkdir()
+    write_task_files(root / "data")
+    values = tiny_config_values(root / "data", tiny_checkpoint, root / "teacher", epochs=1)
+    train(build_config(values))
+    return root
+
+
+def test_the_ensemble_target_is_the_mean_prediction():
+    a, b = torch.randn(4, 5), torch.randn(4, 5)
+    sst = build_task("sst", {})
+    mean = sst.mean_logits([a, b])
+    assert torch.allclose(mean.softmax(-1), (a.softmax(-1) + b.softmax(-1)) / 2, atol=1e-6)
+    a, b = torch.randn(4, 1), torch.randn(4, 1)
+    for task in (build_task("quora", {}), build_task("sts", {})):
+        mean = task.mean_logits([a, b])
+        assert torch.allclose(torch.sigmoid(mean), (torch.sigmoid(a) + torch.sigmoid(b)) / 2,
+                              atol=1e-6)
+    sts = build_task("sts", {})
+    assert torch.allclose(sts.predict(sts.mean_logits([a, b])),
+                          (sts.predict(a) + sts.predict(b)) / 2, atol=1e-5)
+
+
+def test_the_term_is_the_divergence_from_the_teachers_mean(teacher, tiny_checkpoint):
+    values = tiny_config_values(teacher / "data", tiny_checkpoint, teacher / "student")
+    config = build_config(values)
+    tasks = build_tasks(config)
+    student, tokenizer = build_model(config, tasks)
+    train_sets, _, _ = encode_train(config, tasks, tokenizer)
+    folder = str(teacher / "teacher")
+    distill = Distill([folder, folder], weight=0.5, tasks=tasks)
+    from minbert.runs import load_run
+    reference = load_run(folder).model.eval()
+    for name, task in tasks.items():
+        batch = train_sets[name].batch(list(range(4)))
+        logits = student(batch).float()
+        with torch.no_grad():
+            teacher_logits = reference(batch).float()
+        expected = 0.5 * task.divergence(logits, task.mean_logits([teacher_logits] * 2), "kl")
+        assert distill(student, task, batch, logits).item() == pytest.approx(expected.item(),
+                                                                              rel=1e-5)
+        assert sorted(distill.cache[name]) == [0, 1, 2, 3]  # cached by example
+
+
+def test_teachers_are_checked(teacher, tiny_checkpoint):
+    values = tiny_config_values(teacher / "data", tiny_checkpoint, teacher / "student")
+    values["regularizers"] = {"distill": {"teachers": [str(teacher / "nowhere")]}}
+    with pytest.raises(ConfigKeyError, match="nowhere"):
+        build_config(values)
+    values["regularizers"] = {"distill": {"teachers": [str(teacher / "teacher")],
+                                          "divergence": "l1"}}
+    with pytest.raises(ConfigKeyError, match="divergence"):
+        build_config(values)
+    values["regularizers"] = {"distill": {"teachers": [str(teacher / "teacher")]}}
+    values["model"]["pair_encoding"] = "bi"  # the teacher cross-encodes its pairs
+    config = build_config(values)
+    tasks = build_tasks(config)
+    student, tokenizer = build_model(config, tasks)
+    train_sets, _, _ = encode_train(config, tasks, tokenizer)
+    distill = Distill([str(teacher / "teacher")], tasks=tasks)
+    batch = train_sets["quora"].batch([0, 1])
+    with pytest.raises(ValueError, match="pair encoding"):
+        distill(student, tasks["quora"], batch, student(batch))
+
+
+@pytest.mark.slow
+def test_a_student_trains_with_its_teachers(teacher, tiny_checkpoint):
+    values = tiny_config_values(teacher / "data", tiny_checkpoint, teacher / "student2")
+    values["regularizers"] = {"distill": {"teachers": [str(teacher / "teacher")] * 2,
+                                          "weight": 1.0}}
+    metrics = train(build_config(values))
+    assert all(math.isfinite(v) for v in metrics.values())
