@@ -93,6 +93,6 @@ def test_the_new_methods_options_are_checked_from_their_signatures(plugin):
     with pytest.raises(ConfigKeyError, match="regularizers.logit-penalty: logit-penalty takes "
                                              "no option 'lambda'; it takes weight"):
         build_config({"regularizers": {"logit-penalty": {"lambda": 1}}})
-    with pytest.raises(ConfigKeyError, match="regularizers = 'l3'; use one of logit-penalty, "
-                                             "smart"):
+    with pytest.raises(ConfigKeyError, match="regularizers = 'l3'; use one of distill, "
+                                             "logit-penalty, smart"):
         build_config({"regularizers": {"l3": {}}})
