@@ -89,11 +89,15 @@ class MaskedLMHead(nn.Module):
 def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: list[int],
                 mask_id: int, vocab_size: int, probability: float,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, labels): `probability` of the real, non-special tokens chosen; of those
-    80% -> [MASK], 10% -> a random token, 10% kept; labels are the original ids there and
-    IGNORE elsewhere."""
+    """(inputs, labels): `probability` of the real, non-special tokens chosen (at least one
+    per batch); of those 80% -> [MASK], 10% -> a random token, 10% kept; labels are the
+    original ids there and IGNORE elsewhere."""
     eligible = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(special))
     chosen = (torch.rand(input_ids.shape, generator=generator) < probability) & eligible
+    if not chosen.any() and eligible.any():  # a batch of short texts: still one to predict
+        where = eligible.flatten().nonzero().squeeze(1)
+        pick = where[torch.randint(len(where), (1,), generator=generator)]
+        chosen = chosen.flatten().index_fill(0, pick, True).view_as(chosen)
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE))
     roll = torch.rand(input_ids.shape, generator=generator)
     inputs = input_ids.clone()
@@ -167,6 +171,13 @@ class Pretrainer:
                            "pretraining's own output (fine-tuning config?); set "
                            "pretrain.checkpoint to the model it starts from")
         self.folder.lock()
+        try:
+            return self._check_folder()
+        except BaseException:
+            self.folder.unlock()
+            raise
+
+    def _check_folder(self) -> bool:
         saved_file = self.folder.path / "pretrain.json"
         if self.overwrite:
             self._clear()
@@ -177,7 +188,6 @@ class Pretrainer:
                        for k in sorted(set(saved) | set(mine))
                        if saved.get(k) != mine.get(k) and k not in RESUMABLE]
             if changes:
-                self.folder.unlock()
                 raise RunError(f"{self.folder.path} holds a pretraining with other settings "
                                f"({', '.join(changes)}); use another pretrain.run_dir, the "
                                "same settings, or --overwrite")
@@ -246,8 +256,9 @@ class Pretrainer:
 
     def masked(self, rows: list, seed_parts: tuple):
         batch = pad_batch(rows, self.tokenizer.pad_id)
-        seed, epoch, step = seed_parts  # one stream per (seed, epoch, step): resumable
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + (epoch + 1) * 65_537 + step)
+        # one stream per (seed, epoch, step): the same masks after a resume
+        stream = np.random.SeedSequence([seed_parts[0], seed_parts[1] + 1, seed_parts[2]])
+        generator = torch.Generator().manual_seed(int(stream.generate_state(1)[0]))
         inputs, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], self.special,
                                      self.mask_id, self.tokenizer.vocab_size,
                                      self.settings.mask_prob, generator)
@@ -337,8 +348,9 @@ class Pretrainer:
         record = {"type": "epoch", "epoch": self.epoch, "updates": self.updates,
                   **self.evaluate()}
         self.log(record)
-        tqdm.write(f"pretrain epoch {self.epoch}: held-out MLM loss {record['mlm_loss']:.3f}, "
-                   f"accuracy {record['mlm_accuracy']:.3f}")
+        if "mlm_loss" in record:
+            tqdm.write(f"pretrain epoch {self.epoch}: held-out MLM loss "
+                       f"{record['mlm_loss']:.3f}, accuracy {record['mlm_accuracy']:.3f}")
         self.save_checkpoint()
         if s.max_steps and self.updates >= s.max_steps and self.epoch < s.epochs:
             return False
@@ -347,6 +359,8 @@ class Pretrainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Held-out MLM loss and accuracy, with a fixed masking (the same every epoch)."""
+        if not self.validation:  # pretrain.held_out = 0
+            return {}
         was = self.encoder.training
         self.encoder.eval()
         total = correct = count = 0.0

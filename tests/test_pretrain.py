@@ -34,6 +34,8 @@ def test_masking_follows_berts_recipe():
     again = mask_tokens(ids, attention, [0, 2, 3, 4], 4, 1000, 0.15,
                         torch.Generator().manual_seed(0))
     assert torch.equal(again[0], inputs) and torch.equal(again[1], labels)
+    _, few = mask_tokens(ids[:2], attention[:2], [0, 2, 3, 4], 4, 1000, 1e-9, generator)
+    assert int((few != IGNORE).sum()) == 1  # a batch always has one token to predict
 
 
 def test_the_mlm_head_equals_transformers(tmp_path, tiny_checkpoint):
