@@ -352,9 +352,13 @@ class Study:
         study = optuna.create_study(storage=storage, study_name=self.name,
                                     direction="maximize", pruner=_pruner(self.tune),
                                     load_if_exists=True)
-        search = {"space": self.tune.space,
-                  "base": {k: v for k, v in self.base.items() if k not in ("run_dir", "tune")}}
-        search = json.loads(json.dumps(search, sort_keys=True))
+        from minbert.runs import RESUMABLE_CHANGES, _flatten
+        # what the trials compute; where a worker keeps data or which device it uses may
+        # differ between workers (the settings a resumed run may change)
+        base = {k: v for k, v in _flatten(self.base).items()
+                if k not in RESUMABLE_CHANGES and not k.startswith("tune")}
+        search = json.loads(json.dumps({"space": self.tune.space, "base": base},
+                                       sort_keys=True))
         known = study.user_attrs.get("search")
         if known is None:
             study.set_user_attr("search", search)
