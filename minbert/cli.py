@@ -1,5 +1,6 @@
-"""`minbert train | pretrain | tune | evaluate | predict | report | compare | export | data`: each reads a
-TOML config (or a run folder's saved one); `section.key=value` arguments override it."""
+"""`minbert train | pretrain | tune | evaluate | predict | report | compare | export |
+data`: each reads a TOML config (or a run folder's saved one); `section.key=value`
+arguments override it."""
 from __future__ import annotations
 
 import argparse
