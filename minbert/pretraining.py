@@ -22,6 +22,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +120,12 @@ def read_texts(config: RunConfig) -> tuple[list[str], dict[str, int]]:
             if split == "train":
                 files = [Path(config.data.dir) / f for f in task.train_files]
                 parts = [task.read(f) for f in files]
-            else:
+            else:  # a dev or test file this copy of the data lacks is left out, and said
+                file = task.dev_file if split == "dev" else task.test_file
+                if file and not (Path(config.data.dir) / file).is_file():
+                    warnings.warn(f"pretrain: {Path(config.data.dir) / file} not found; "
+                                  f"{name}'s {split} texts are left out", stacklevel=2)
+                    continue
                 examples = read_split(config, task, split, labelled=False)
                 parts = [examples] if examples is not None else []
             before = len(texts)

@@ -134,6 +134,15 @@ def test_a_stopped_pretraining_resumes_to_the_same_weights(tmp_path, tiny_checkp
     assert log.count('"type": "resume"') == 1 and log.count('"type": "start"') == 1
 
 
+def test_a_missing_test_file_is_left_out_with_a_warning(tmp_path, tiny_checkpoint):
+    from minbert.pretraining import read_texts
+    values = pretrain_values(tmp_path, tiny_checkpoint)
+    values["tasks"]["quora"]["test_file"] = "quora-test-student.csv"  # not in this copy
+    with pytest.warns(UserWarning, match="quora-test-student.csv not found"):
+        texts, counts = read_texts(build_config(values))
+    assert "quora-test" not in counts and counts["sst-test"] == 0 and texts
+
+
 def test_bad_text_files_are_named(tmp_path, tiny_checkpoint, capsys):
     values = pretrain_values(tmp_path, tiny_checkpoint, task_splits=[],
                              text_files=["missing.txt"])
