@@ -303,8 +303,8 @@ class Pretrainer:
                           "held_out_texts": len(self.validation),
                           "start": str(self.source), "mlm_head": "loaded" if self.head_loaded
                           else "new", "device": str(self.device), "precision": self.precision})
-            tqdm.write(f"pretrain: {len(self.train_set):,} texts ({len(self.validation):,} held "
-                       f"out) from {self.source}, MLM head "
+            tqdm.write(f"pretrain: {len(self.train_set):,} training texts and "
+                       f"{len(self.validation):,} held out; from {self.source}, MLM head "
                        f"{'loaded' if self.head_loaded else 'new'}; device {self.device}, "
                        f"precision {self.precision}")
             if self.epoch == 0 and self.step == 0 and not resuming:
