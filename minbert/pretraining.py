@@ -394,12 +394,8 @@ class Pretrainer:
                     "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
                     "step": self.step, "updates": self.updates,
                     "torch_rng": torch.get_rng_state(),
-                    "log_lines": self._log_lines()}, self.folder.checkpoint)
-
-    def _log_lines(self) -> int:
-        if not self.folder.log_file.is_file():
-            return 0
-        return len(self.folder.log_file.read_text(encoding="utf-8").splitlines())
+                    "log_bytes": self.folder.log_file.stat().st_size
+                    if self.folder.log_file.exists() else 0}, self.folder.checkpoint)
 
     def resume(self):
         state = load_state(self.folder.checkpoint, ("encoder", "head", "optimizer"))
@@ -409,9 +405,8 @@ class Pretrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.updates = state["epoch"], state["step"], state["updates"]
         torch.set_rng_state(state["torch_rng"])
-        lines = self.folder.log_file.read_text(encoding="utf-8").splitlines()
-        kept = lines[:state["log_lines"]]  # records after the checkpoint are redone
-        write_text_atomic(self.folder.log_file, "".join(line + "\n" for line in kept))
+        with open(self.folder.log_file, "r+b") as fp:  # records after the checkpoint are redone
+            fp.truncate(state["log_bytes"])
         self.log({"type": "resume", "epoch": self.epoch, "step": self.step,
                   "updates": self.updates})
 
