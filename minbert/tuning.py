@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 import os
@@ -320,7 +321,9 @@ class Study:
         values = read_values(config_file, overrides)
         if run_dir:
             values["run_dir"] = run_dir
-        config = build_config(values, str(config_file))  # everything, [tune] included
+        # the run's settings, then [tune] with its space checked on them (once)
+        config = build_config({k: v for k, v in values.items() if k != "tune"},
+                              str(config_file))
         tune, dimensions = parse_tune(values, str(config_file))
         for name, given in (("trials", trials), ("storage", storage), ("jobs", jobs)):
             if given is not None:
@@ -533,14 +536,11 @@ class Study:
         rows = trials_table(study)
         from minbert.runs import write_text_atomic
         if rows:
-            columns = list(dict.fromkeys(k for row in rows for k in row))
-            path = self.folder / "trials.csv"
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with open(tmp, "w", newline="", encoding="utf-8") as fp:
-                writer = csv.DictWriter(fp, columns)
-                writer.writeheader()
-                writer.writerows(rows)
-            os.replace(tmp, path)
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, list(dict.fromkeys(k for row in rows for k in row)))
+            writer.writeheader()
+            writer.writerows(rows)
+            write_text_atomic(self.folder / "trials.csv", text.getvalue())
         complete = [t for t in study.trials if t.value is not None
                     and t.state.name == "COMPLETE"]
         summary = {"trials": len(study.trials),

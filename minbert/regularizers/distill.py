@@ -49,9 +49,11 @@ class Distill(Regularizer):
         self.teachers = None  # loaded on first use
         self.cache: dict[str, dict[int, torch.Tensor]] = {}
 
-    def _load(self, model):
+    def _load(self, model, device):
         from minbert.runs import load_run
         self.teachers = [load_run(folder) for folder in self.folders]
+        for run in self.teachers:
+            run.model.to(device).eval()
         for run in self.teachers:
             for name in self.tasks:
                 if name not in run.tasks:
@@ -69,16 +71,13 @@ class Distill(Regularizer):
     def targets(self, model, task, batch, device) -> torch.Tensor:
         """The teachers' mean prediction for the batch's examples, as logits (cached)."""
         if self.teachers is None:
-            self._load(model)
+            self._load(model, device)
         cache = self.cache.setdefault(task.name, {})
         missing = [i for i, index in enumerate(batch.indices) if int(index) not in cache]
         if missing:
             rows = torch.as_tensor(missing)
-            part = batch.select(rows) if len(missing) < batch.size else batch
-            outputs = []
-            for run in self.teachers:
-                run.model.to(device).eval()
-                outputs.append(run.model(part.to(device)).float())
+            part = (batch.select(rows) if len(missing) < batch.size else batch).to(device)
+            outputs = [run.model(part).float() for run in self.teachers]
             mean = task.mean_logits(outputs).cpu()
             for position, row in enumerate(missing):
                 cache[int(batch.indices[row])] = mean[position]
