@@ -223,8 +223,9 @@ def cmd_report(args):
 
 
 def cmd_compare(args):
-    from minbert.compare import compare_runs, compare_seed_runs, format_differences
-    if all((Path(folder) / "seeds.json").is_file() for folder in (args.run_a, args.run_b)):
+    from minbert.compare import (compare_runs, compare_seed_runs, format_differences,
+                                 seed_results)
+    if all(seed_results(folder) for folder in (args.run_a, args.run_b)):
         rows = compare_seed_runs(args.run_a, args.run_b)
         print(format_differences(rows, args.run_a, args.run_b, 0))
         return 0

@@ -10,7 +10,8 @@ intervals, seeded, vectorised in chunks of resamples.
 
     minbert compare RUN_A RUN_B [--resamples 10000] [--seed 0]
 
-Two folders of `--seeds` runs (each with seeds.json) are compared seed by seed instead:
+Two folders of `--seeds` runs (seeds.json, or seed-N/ runs with a final record, as
+several processes training one seed each leave them) are compared seed by seed instead:
 the mean over their common seeds of A − B, with the t-interval of that mean, which holds
 the seed-to-seed variance a single pair of runs cannot show.
 """
@@ -143,17 +144,31 @@ def compare_runs(folder_a, folder_b, resamples: int = 10_000, seed: int = 0) -> 
                                resamples, seed)
 
 
-def compare_seed_runs(folder_a, folder_b) -> list[Difference]:
-    """Mean of A − B over the seeds both `--seeds` folders hold, with its 95% t-interval."""
+def seed_results(folder) -> dict[str, dict]:
+    """Each seed's dev metrics in a `--seeds` folder: those of its seeds.json, and of any
+    finished seed-N/ run it does not list (its log's final record)."""
     import json
     from pathlib import Path
-    runs = []
-    for folder in (folder_a, folder_b):
-        path = Path(folder) / "seeds.json"
+
+    from minbert.runs import RunFolder
+    path = Path(folder) / "seeds.json"
+    runs = {}
+    if path.is_file():
         try:
-            runs.append(json.loads(path.read_text(encoding="utf-8"))["runs"])
-        except (OSError, ValueError, KeyError) as e:
+            runs = dict(json.loads(path.read_text(encoding="utf-8"))["runs"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise CompareError(f"{path}: not a seeds summary ({e})") from None
+    for sub in sorted(Path(folder).glob("seed-*")):
+        seed = sub.name.removeprefix("seed-")
+        final = RunFolder(sub).final_record() if seed.isdigit() else None
+        if seed not in runs and final is not None and "dev" in final:
+            runs[seed] = final["dev"]
+    return {seed: metrics for seed, metrics in runs.items() if "overall" in metrics}
+
+
+def compare_seed_runs(folder_a, folder_b) -> list[Difference]:
+    """Mean of A − B over the seeds both `--seeds` folders hold, with its 95% t-interval."""
+    runs = [seed_results(folder_a), seed_results(folder_b)]
     common = sorted(set(runs[0]) & set(runs[1]), key=int)
     if len(common) < 2:
         raise CompareError(f"{folder_a} and {folder_b} share {len(common)} seed(s) "

@@ -246,6 +246,22 @@ class RunFolder:
     def holds_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)
 
+    def final_record(self) -> dict | None:
+        """The log's "final" record (the dev scores of the model chosen on the validation
+        split, written once when the run ends), or None while there is none."""
+        try:
+            lines = self.log_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return None
+        for line in reversed(lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if isinstance(record, dict) and record.get("type") == "final":
+                return record
+        return None
+
     def read_config(self) -> RunConfig:
         if not self.config_file.is_file():
             raise RunError(f"{self.config_file}: not found; is {self.path} a run folder "
@@ -317,7 +333,8 @@ class RunFolder:
         resumes from its checkpoint (the config may change only in RESUMABLE_CHANGES); a
         run killed before its first checkpoint, with nothing else kept, starts again. A
         different config, or a run with results but no checkpoint (say, a finished run
-        whose checkpoint.pt was deleted), is refused unless `overwrite`."""
+        whose checkpoint.pt was deleted: its predictions or its log's final record count as
+        results), is refused unless `overwrite`."""
         self.lock()
         try:
             changes = (self.saved_config_changes(config)
@@ -326,7 +343,10 @@ class RunFolder:
                 raise RunError(f"{self.path} holds a run of a different config "
                                f"({', '.join(changes)}); use another run_dir, the same "
                                "config, or --overwrite to replace it")
-            kept = [n for n in ("best.pt", "dev-metrics.json") if (self.path / n).exists()]
+            kept = [n for n in ("best.pt", "dev-metrics.json", "predictions")
+                    if (self.path / n).exists()]
+            if self.final_record() is not None:
+                kept.append("a final record in log.jsonl")
             if overwrite or not self.checkpoint.exists() and not kept:
                 self.clear()  # nothing here that the run would not compute again
             elif not self.checkpoint.exists():

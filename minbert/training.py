@@ -491,6 +491,24 @@ def train(config: RunConfig, overwrite: bool = False, on_epoch=None,
             distributed.shutdown()
 
 
+def _finished_without_checkpoint(config: RunConfig) -> dict | None:
+    """The dev scores of a finished run whose checkpoint.pt is gone (deleted to save space,
+    or trained elsewhere and copied without it), read from its log's final record; None
+    where train() decides (no such record, or a checkpoint to resume from)."""
+    folder = RunFolder(config.run_dir)
+    if folder.checkpoint.exists() or not folder.config_file.is_file():
+        return None
+    final = folder.final_record()
+    if final is None or "dev" not in final:
+        return None
+    changes = folder.saved_config_changes(config)
+    if changes:
+        raise RunError(f"{folder.path} holds a finished run of a different config "
+                       f"({', '.join(changes)}); use another run_dir, the same config, or "
+                       "--overwrite to replace it")
+    return final["dev"]
+
+
 def train_seeds(config: RunConfig, seeds: list[int], overwrite: bool = False) -> dict:
     """One run per seed under the run folder (seed-0/, seed-1/, ...), each an ordinary run
     (locked, resumable: started again, finished seeds are not retrained), then a summary
@@ -508,7 +526,8 @@ def train_seeds(config: RunConfig, seeds: list[int], overwrite: bool = False) ->
                       train=replace(config.train, seed=seed))
         if distributed.launched_as_main():
             tqdm.write(f"seed {seed}: {run.run_dir}")
-        results[seed] = train(run, overwrite=overwrite)
+        finished = None if overwrite else _finished_without_checkpoint(run)
+        results[seed] = finished if finished is not None else train(run, overwrite=overwrite)
     metrics = [m for m in results.values() if "overall" in m]
     summary = {"seeds": seeds, "runs": {str(k): v for k, v in results.items()},
                "summary": {key: mean_interval([m[key] for m in metrics])

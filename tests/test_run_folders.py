@@ -3,6 +3,7 @@ run is never replaced by accident, one process trains in a folder at a time, and
 answers every expected failure with one line and exit code 2."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -118,6 +119,9 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(run_copy):
     run, values = run_copy
     for name in ("checkpoint.pt", "best.pt"):
         (run / name).unlink()
+    shutil.rmtree(run / "predictions")
+    log = run / "log.jsonl"
+    log.write_text(log.read_text().splitlines(True)[0])
     train(build_config(values))
     records = [json.loads(line)["type"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert records.count("start") == 1 and (run / "best.pt").exists()
@@ -262,3 +266,51 @@ def test_a_setting_added_since_a_run_started_counts_at_its_default():
     assert config_changes(saved, config) == []
     changed = build_config({"data": {"validation": 0.1}})
     assert config_changes(saved, changed) == ["data.validation: 0.0 -> 0.1"]
+
+
+def test_finished_seeds_without_checkpoints_are_read_not_retrained_or_cleared(
+        tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    """Seeds trained by separate processes (one `--seeds K` each, as benchmarks/gpu_seeds.py
+    runs them) and shared without their .pt files still summarise and compare."""
+    from dataclasses import replace
+
+    from minbert import training
+    data = tmp_path / "data"
+    data.mkdir()
+    write_task_files(data, repeat=3)
+    configs = {}
+    for name in ("a", "b"):
+        values = tiny_config_values(data, tiny_checkpoint, tmp_path / name, epochs=1)
+        values["data"]["validation"] = 0.2
+        values["train"]["lr"] = 1e-3 if name == "a" else 3e-4
+        configs[name] = build_config(values)
+        for seed in (0, 1):
+            training.train_seeds(configs[name], [seed])
+        (tmp_path / name / "seeds.json").unlink()  # each process wrote its own one-seed file
+    capsys.readouterr()
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "mean over the common seeds" in out and out.count("\noverall") == 1
+
+    finals = {}
+    for seed in (0, 1):
+        folder = RunFolder(tmp_path / "a" / f"seed-{seed}")
+        finals[str(seed)] = folder.final_record()["dev"]
+        folder.checkpoint.unlink()
+        folder.best.unlink()
+    logs = {p: p.read_text() for p in (tmp_path / "a").glob("seed-*/log.jsonl")}
+    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("retrained a seed"))
+    result = training.train_seeds(configs["a"], [0, 1])
+    assert result["runs"] == finals and result["summary"]["overall"]["n"] == 2
+    assert {p: p.read_text() for p in logs} == logs
+    with pytest.raises(RunError, match=r"finished run of a different config \(train.lr"):
+        training.train_seeds(replace(configs["a"], train=replace(configs["a"].train, lr=0.1)),
+                             [0])
+    monkeypatch.undo()
+    # `minbert train` on one of them refuses: the results are kept, not cleared
+    seed_0 = replace(configs["a"], run_dir=str(tmp_path / "a" / "seed-0"),
+                     train=replace(configs["a"].train, seed=0))
+    with pytest.raises(RunError, match="final record in log.jsonl"):
+        train(seed_0)
+    assert (tmp_path / "a" / "seed-0" / "predictions").is_dir()
+    assert RunFolder(tmp_path / "a" / "seed-0").final_record()["dev"] == finals["0"]

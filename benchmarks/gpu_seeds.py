@@ -1,0 +1,113 @@
+"""Many seeded runs on one GPU, several at a time: the evidence runs of docs/results.md
+("SMART and its cheaper settings, three seeds each, on a GPU").
+
+One small model (all-MiniLM-L6-v2, batch 32) leaves a big GPU mostly idle, waiting for
+Python to launch kernels, so several training processes share it: each job is an ordinary
+`minbert train --seeds K` into RUN_ROOT/NAME/seed-K (locked, resumable), started in the
+order of JOBS (the recipes that matter most first), at most --workers at a time. No job
+starts after --start-by seconds; jobs still running at --stop-at are stopped (their run
+folders resume). Then `minbert train --seeds 0,1,2` over the same folders writes each
+recipe's seeds.json, and `minbert compare NAME plain` reads them.
+
+    python benchmarks/gpu_seeds.py --run-root runs/gpu --workers 8
+    python benchmarks/gpu_seeds.py --run-root runs/gpu --only plain,smart --seeds 0 \\
+        --device cpu --extra train.max_steps=4 data.dev_limit=64        # smoke, on a CPU
+
+Extra overrides (--extra) go to every job: a local data folder (data.dir=...), a local
+checkpoint (model.checkpoint=...).
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# name -> (config, overrides); the order is the order of starting
+JOBS = {
+    "smart": ("configs/best-cpu.toml", []),
+    "plain": ("configs/best-cpu.toml", ["smart.enabled=false"]),
+    "share25": ("configs/best-cpu.toml", ["smart.adversarial_share=0.25"]),
+    "rdrop": ("configs/best-cpu.toml", ["smart.adversarial_steps=0", "smart.noise_std=0.0",
+                                        "smart.detach_target=false",
+                                        "smart.proximal_weight=0.0"]),
+    "nodropout": ("configs/best-cpu.toml", ["smart.adversarial_dropout=false"]),
+    "share10": ("configs/best-cpu.toml", ["smart.adversarial_share=0.1"]),
+    "attached": ("configs/best-cpu.toml", ["smart.detach_target=false"]),
+    "r3f": ("configs/best-cpu.toml", ["smart.adversarial_steps=0"]),
+    "every4": ("configs/best-cpu.toml", ["smart.adversarial_every=4"]),
+    "smart-3ep": ("configs/best-cpu.toml", ["train.epochs=3"]),
+    "plain-3ep": ("configs/best-cpu.toml", ["train.epochs=3", "smart.enabled=false"]),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-root", default="runs/gpu")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--only", help="comma-separated job names (default: all, in order)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per job")
+    parser.add_argument("--start-by", type=float, default=330.0)
+    parser.add_argument("--stop-at", type=float, default=500.0)
+    parser.add_argument("--extra", nargs="*", default=[])
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(JOBS)
+    unknown = [n for n in names if n not in JOBS]
+    if unknown:
+        raise SystemExit(f"--only: unknown job(s) {unknown}; known: {', '.join(JOBS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    root = Path(args.run_root)
+    root.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
+    common = [f'train.device="{args.device}"', *args.extra]
+    queue = [(name, seed) for name in names for seed in seeds]
+    running, failed, done = {}, [], []
+    start = time.monotonic()
+
+    def clock():
+        return f"{time.monotonic() - start:6.0f} s"
+
+    while queue or running:
+        for job, (proc, log, began) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[job]
+            took = time.monotonic() - began
+            (done if proc.returncode == 0 else failed).append(job)
+            print(f"{clock()}  end   {job[0]} seed {job[1]}: rc {proc.returncode}, "
+                  f"{took:.0f} s", flush=True)
+            if proc.returncode:
+                print("".join(Path(log).read_text().splitlines(True)[-15:]), flush=True)
+        if failed and not done and len(failed) >= 2:
+            print("two jobs failed and none finished: stopping", flush=True)
+            break
+        elapsed = time.monotonic() - start
+        while queue and len(running) < args.workers and elapsed < args.start_by:
+            name, seed = queue.pop(0)
+            config, overrides = JOBS[name]
+            log = root / f"{name}-seed-{seed}.log"
+            cmd = [sys.executable, "-m", "minbert", "train", "--config", config,
+                   "--run-dir", str(root / name), "--seeds", str(seed), *common, *overrides]
+            running[(name, seed)] = (subprocess.Popen(cmd, stdout=open(log, "w"),
+                                                      stderr=subprocess.STDOUT, env=env),
+                                     log, time.monotonic())
+            print(f"{clock()}  start {name} seed {seed}", flush=True)
+        if elapsed >= args.start_by and queue:
+            print(f"{clock()}  not started (time): {queue}", flush=True)
+            queue = []
+        if elapsed >= args.stop_at:
+            for job, (proc, _, _) in running.items():
+                proc.terminate()
+                print(f"{clock()}  stopped {job[0]} seed {job[1]} (time)", flush=True)
+            for proc, _, _ in running.values():
+                proc.wait()
+            break
+        time.sleep(1)
+    print(f"{clock()}  finished: {len(done)} runs; failed: {failed}", flush=True)
+    return 0 if done else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
