@@ -247,8 +247,8 @@ class RunFolder:
         return any((self.path / name).exists() for name in RUN_FILES)
 
     def final_record(self) -> dict | None:
-        """The log's "final" record (the dev scores of the model chosen on the validation
-        split, written once when the run ends), or None while there is none."""
+        """The log's "final" record (the chosen model's dev scores, written once when the
+        run ends), or None while there is none."""
         try:
             lines = self.log_file.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError):

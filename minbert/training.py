@@ -207,6 +207,12 @@ class Trainer:
             return {}
         state = load_state(best, ("metrics",))
         if self.selection == "dev":
+            if not state.get("final_logged"):  # once: what `--seeds` and compare read
+                distributed.barrier()  # every rank has read best.pt before it changes
+                self.log({"type": "final", "selected_epoch": state["epoch"],
+                          "dev": state["metrics"]})
+                self._atomic_save({**state, "final_logged": True}, best)
+                self.save_checkpoint()  # its log position includes the final record
             return state["metrics"]
         if not self.score_dev:
             return {}

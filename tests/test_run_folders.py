@@ -114,6 +114,16 @@ def test_a_finished_run_without_its_checkpoint_is_not_overwritten(run_copy, caps
     assert before == {name: (run / name).read_bytes() for name in before}
 
 
+def test_a_finished_run_logs_its_final_record_once(run_copy):
+    """Dev-selected too: the chosen epoch's dev scores, once, also when run again."""
+    run, values = run_copy
+    final = RunFolder(run).final_record()
+    best = load_state(run / "best.pt", ("metrics",))
+    assert final["dev"] == best["metrics"] and final["selected_epoch"] == best["epoch"] == 1
+    assert train(build_config(values)) == best["metrics"]  # finished: resumed, nothing to do
+    assert (run / "log.jsonl").read_text().count('"type": "final"') == 1
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_again(run_copy):
     """Only config.json and the start of a log: nothing the run would not compute again."""
     run, values = run_copy
