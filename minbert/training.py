@@ -539,5 +539,7 @@ def train_seeds(config: RunConfig, seeds: list[int], overwrite: bool = False) ->
                "summary": {key: mean_interval([m[key] for m in metrics])
                            for key in (metrics[0] if metrics else {})}}
     if distributed.launched_as_main():
-        write_text_atomic(parent / "seeds.json", json.dumps(summary, indent=2) + "\n")
+        # one seed has no spread: null in the file (NaN is not JSON)
+        text = json.dumps(summary, indent=2).replace("NaN", "null")
+        write_text_atomic(parent / "seeds.json", text + "\n")
     return summary

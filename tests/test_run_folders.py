@@ -234,6 +234,9 @@ def test_seeds_train_one_run_each_and_summarise_them(tmp_path, tiny_checkpoint, 
     config = build_config(values)
     first = train_seeds(config, [0])
     assert set(first["runs"]) == {"0"} and first["summary"]["overall"]["n"] == 1
+    strict = json.loads((tmp_path / "runs" / "seeds.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"{c} in seeds.json"))
+    assert strict["summary"]["overall"]["std"] is None
     log = (tmp_path / "runs" / "seed-0" / "log.jsonl").read_text()
     # "killed between seeds": the same command with more seeds trains only the new ones
     result = train_seeds(config, [0, 1, 2])
