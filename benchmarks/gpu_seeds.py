@@ -82,7 +82,8 @@ def main():
                 print("".join(Path(log).read_text().splitlines(True)[-15:]), flush=True)
         if failed and not done and len(failed) >= 2:
             print("two jobs failed and none finished: stopping", flush=True)
-            break
+            queue = []
+            args.stop_at = 0.0  # stop the running ones below
         elapsed = time.monotonic() - start
         while queue and len(running) < args.workers and elapsed < args.start_by:
             name, seed = queue.pop(0)
