@@ -20,7 +20,7 @@ def model_and_batches(overrides=(), per_task=32, config="configs/cross-encoding.
     for name, task in tasks.items():
         examples, _ = task.read_train(config.data.dir, seed=0)
         examples = examples.subset(range(per_task))
-        data = EncodedTask(name, examples, tokenizer, model.cross_encoded[name])
+        data = EncodedTask(name, examples, tokenizer, model.encodings[name])
         batches[name] = data.batch(np.arange(per_task))
     torch.manual_seed(0)
     return config, tasks, model.train(), batches

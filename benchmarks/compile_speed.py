@@ -61,7 +61,7 @@ def main():
             full, _, _ = encode_train(config, tasks, tokenizer)
             epoch_steps = len(Trainer(config, tasks, model, full, dev_sets={})._plan(0))
             train_sets = {name: EncodedTask(name, data.examples.subset(
-                range(min(args.per_task, len(data)))), tokenizer, model.cross_encoded[name])
+                range(min(args.per_task, len(data)))), tokenizer, model.encodings[name])
                 for name, data in full.items()}
             first, steady = run_passes(config, tasks, model, train_sets)
         rows[mode] = (first, steady, epoch_steps)

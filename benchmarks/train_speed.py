@@ -95,7 +95,7 @@ def main():
         for name, task in tasks.items():
             examples, _ = task.read_train(config.data.dir, seed=0)
             examples = examples.subset(range(min(args.per_task, len(examples))))
-            train_sets[name] = EncodedTask(name, examples, tokenizer, cross_encoded=True)
+            train_sets[name] = EncodedTask(name, examples, tokenizer, model.encodings[name])
         total = sum(len(d) for d in train_sets.values())
         print(f"machine: {platform.machine()}, torch {torch.__version__}, "
               f"threads {torch.get_num_threads()}")

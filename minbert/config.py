@@ -29,7 +29,7 @@ def default_data_dir() -> str:
 @dataclass
 class ModelConfig:
     checkpoint: str = "minilm-l6"     # local HF folder, 'minilm-l6' (offline) or a hub id
-    pair_encoding: str = "cross"      # cross | bi
+    pair_encoding: str = "cross"      # cross | bi | both
     pooling: str = "mean"             # mean | cls | pooler
     similarity_head: str = "cosine"   # bi-encoded regression: cosine | concat
     head_dropout: float = 0.1

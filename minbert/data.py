@@ -167,8 +167,7 @@ def subsample_indices(size: int, amount: float | int | None, seed: int) -> np.nd
 
 @dataclass
 class Batch:
-    """A padded batch of one task: one segment for single sentences and cross-encoded pairs,
-    two (each sentence alone) for bi-encoded pairs."""
+    """A padded batch of one task: its segments as ENCODINGS lists them."""
     task: str
     segments: list[dict[str, torch.Tensor]]
     labels: torch.Tensor | None
@@ -199,17 +198,32 @@ class Batch:
         return real, slots
 
 
+# How a task's examples become segments, the sequences the encoder reads:
+#   single  one sentence                    [CLS] a [SEP]
+#   cross   a pair as one sequence          [CLS] a [SEP] b [SEP]
+#   bi      a pair, each sentence alone     [CLS] a [SEP], [CLS] b [SEP]
+#   both    cross, then bi                  the three above
+PAIR_ENCODINGS = ("cross", "bi", "both")
+ENCODINGS = {"single": 1, "cross": 1, "bi": 2, "both": 3}  # name: segments per example
+
+
 class EncodedTask:
     """A task split tokenised once: per example, one (ids, type_ids) per segment."""
 
-    def __init__(self, name: str, examples: Examples, tokenizer, cross_encoded: bool):
+    def __init__(self, name: str, examples: Examples, tokenizer, encoding: str):
         self.name = name
         self.examples = examples
         self.pad_id = tokenizer.pad_id
-        if len(examples.texts) == 1 or cross_encoded:
-            encoded = [tokenizer.encode(*examples.texts)]
-        else:
-            encoded = [tokenizer.encode(column) for column in examples.texts]
+        pair = len(examples.texts) == 2
+        if encoding not in ENCODINGS or pair == (encoding == "single"):
+            raise ValueError(f"{name}: encoding {encoding!r} does not fit "
+                             f"{'a pair' if pair else 'one sentence'} (one of "
+                             f"{tuple(e for e in ENCODINGS if (e == 'single') != pair)})")
+        encoded = []
+        if encoding in ("single", "cross", "both"):
+            encoded.append(tokenizer.encode(*examples.texts))
+        if encoding in ("bi", "both"):
+            encoded += [tokenizer.encode(column) for column in examples.texts]
         self.segments = [ids for ids, _ in encoded]
         # examples longer than the tokenizer's max_length in any segment (cut when encoded)
         self.truncated = int(np.any([cut for _, cut in encoded], axis=0).sum())

@@ -1,7 +1,8 @@
 """One shared BERT encoder and a small head per task.
 
-Pairs are cross-encoded (one pass over `[CLS] a [SEP] b [SEP]`) or bi-encoded (each
-sentence alone, then combined as [u; v; |u−v|; u⊙v], or by cosine for a regression task).
+Pairs are cross-encoded (one pass over `[CLS] a [SEP] b [SEP]`), bi-encoded (each
+sentence alone, then combined as [u; v; |u−v|; u⊙v], or by cosine for a regression task),
+or both (the two heads' logits summed).
 """
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minbert.data import Batch
+from minbert.data import PAIR_ENCODINGS, Batch
 from minbert.model import BertModel
 from minbert.tasks import Task
 
 POOLINGS = ("mean", "cls", "pooler")
-PAIR_ENCODINGS = ("cross", "bi")
 SIMILARITY_HEADS = ("cosine", "concat")
 
 
@@ -54,6 +54,18 @@ class CosinePairHead(nn.Module):
         return (self.scale * F.cosine_similarity(u, v, dim=-1) + self.shift).unsqueeze(-1)
 
 
+class BothPairHead(nn.Module):
+    """A pair encoded both ways: the cross-encoder's logit plus the bi-encoder's (a sum of
+    two heads, each with its own scale, so training learns how much each counts)."""
+
+    def __init__(self, cross: nn.Module, bi: nn.Module):
+        super().__init__()
+        self.cross, self.bi = cross, bi
+
+    def forward(self, joint, u, v):
+        return self.cross(joint) + self.bi(u, v)
+
+
 class MultiTaskModel(nn.Module):
     def __init__(self, encoder: BertModel, tasks: dict[str, Task], pair_encoding: str = "cross",
                  pooling: str = "mean", head_dropout: float = 0.1,
@@ -68,17 +80,20 @@ class MultiTaskModel(nn.Module):
         self.encoder = encoder
         self.pair_encoding = pair_encoding
         self.pooling = pooling
-        self.cross_encoded = {name: task.cross_encoded(pair_encoding)  # pairs one sequence?
-                              for name, task in tasks.items()}
+        self.encodings = {name: task.encoding(pair_encoding)  # data.ENCODINGS
+                          for name, task in tasks.items()}
         hidden = encoder.config.hidden_size
         heads = {}
         for name, task in tasks.items():
-            if not task.is_pair or self.cross_encoded[name]:
+            encoding = self.encodings[name]
+            if encoding in ("single", "cross", "both"):
                 heads[name] = LinearHead(hidden, task.num_outputs, head_dropout)
-            elif task.cosine_pair_head and similarity_head == "cosine":
-                heads[name] = CosinePairHead()
-            else:
-                heads[name] = ConcatPairHead(hidden, task.num_outputs, head_dropout)
+            if encoding in ("bi", "both"):
+                if task.cosine_pair_head and similarity_head == "cosine":
+                    pair = CosinePairHead()
+                else:
+                    pair = ConcatPairHead(hidden, task.num_outputs, head_dropout)
+                heads[name] = pair if encoding == "bi" else BothPairHead(heads[name], pair)
         self.heads = nn.ModuleDict(heads)
 
     def embed(self, batch: Batch) -> list[torch.Tensor]:

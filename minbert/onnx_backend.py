@@ -2,8 +2,9 @@
 
 `minbert export RUN OUT --onnx` writes OUT/onnx/TASK.onnx beside the HF folder. A graph
 takes one segment (a sentence, or a cross-encoded pair: input_ids_0, attention_mask_0,
-token_type_ids_0) or two (a bi-encoded pair: ..._0 and ..._1), each (batch, length)
-with both dimensions dynamic, and returns the task's outputs (batch, outputs), the
+token_type_ids_0), two (a bi-encoded pair: ..._0 and ..._1) or three (a pair encoded
+both ways: the cross-encoded pair, then each sentence), each (batch, length) with both
+dimensions dynamic, and returns the task's outputs (batch, outputs), the
 logits the PyTorch model gives. `minbert.load(OUT, backend="onnx")` predicts with them.
 Needs `pip install 'minbert[onnx]'` (onnx and onnxscript to export, onnxruntime to run).
 """
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from minbert.data import Batch
+from minbert.data import ENCODINGS, Batch
 
 SEGMENT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -25,27 +26,42 @@ class OnnxExportError(RuntimeError):
 
 
 class _OneSegment(nn.Module):
+    """The model for one task, its segments as flat named tensors (the graph's inputs)."""
+
     def __init__(self, model, task: str):
         super().__init__()
         self.model, self.task = model, task
 
+    def _run(self, *tensors):
+        segments = [dict(zip(SEGMENT_INPUTS, tensors[i:i + 3]))
+                    for i in range(0, len(tensors), 3)]
+        return self.model(Batch(self.task, segments, None, np.zeros(0)))
+
     def forward(self, input_ids_0, attention_mask_0, token_type_ids_0):
-        segment = {"input_ids": input_ids_0, "attention_mask": attention_mask_0,
-                   "token_type_ids": token_type_ids_0}
-        return self.model(Batch(self.task, [segment], None, np.zeros(0)))
+        return self._run(input_ids_0, attention_mask_0, token_type_ids_0)
 
 
 class _TwoSegments(_OneSegment):
     def forward(self, input_ids_0, attention_mask_0, token_type_ids_0,  # noqa: D102
                 input_ids_1, attention_mask_1, token_type_ids_1):
-        segments = [{"input_ids": i, "attention_mask": m, "token_type_ids": t}
-                    for i, m, t in ((input_ids_0, attention_mask_0, token_type_ids_0),
-                                    (input_ids_1, attention_mask_1, token_type_ids_1))]
-        return self.model(Batch(self.task, segments, None, np.zeros(0)))
+        return self._run(input_ids_0, attention_mask_0, token_type_ids_0,
+                         input_ids_1, attention_mask_1, token_type_ids_1)
+
+
+class _ThreeSegments(_OneSegment):
+    def forward(self, input_ids_0, attention_mask_0, token_type_ids_0,  # noqa: D102
+                input_ids_1, attention_mask_1, token_type_ids_1,
+                input_ids_2, attention_mask_2, token_type_ids_2):
+        return self._run(input_ids_0, attention_mask_0, token_type_ids_0,
+                         input_ids_1, attention_mask_1, token_type_ids_1,
+                         input_ids_2, attention_mask_2, token_type_ids_2)
+
+
+_WRAPPERS = {1: _OneSegment, 2: _TwoSegments, 3: _ThreeSegments}  # by segment count
 
 
 def segments_of(model, task) -> int:
-    return 2 if task.is_pair and not model.cross_encoded[task.name] else 1
+    return ENCODINGS[model.encodings[task.name]]
 
 
 def export_onnx(model, tasks: dict, out: str | Path) -> list[Path]:
@@ -65,7 +81,7 @@ def export_onnx(model, tasks: dict, out: str | Path) -> list[Path]:
     written = []
     for name, task in tasks.items():
         count = segments_of(model, task)
-        wrapper = _TwoSegments(model, name) if count == 2 else _OneSegment(model, name)
+        wrapper = _WRAPPERS[count](model, name)
         example, shapes = [], {}
         for segment in range(count):
             length = Dim(f"length_{segment}", min=2, max=longest)
@@ -86,16 +102,16 @@ def export_onnx(model, tasks: dict, out: str | Path) -> list[Path]:
 
 class OnnxModel:
     """The interface evaluation and prediction use of a MultiTaskModel (call with a
-    batch, eval/train/to, cross_encoded), over onnxruntime sessions, on the CPU."""
+    batch, eval/train/to, encodings), over onnxruntime sessions, on the CPU."""
     training = False
 
-    def __init__(self, folder: str | Path, tasks: dict, cross_encoded: dict[str, bool]):
+    def __init__(self, folder: str | Path, tasks: dict, encodings: dict[str, str]):
         try:
             import onnxruntime
         except ImportError:
             raise OnnxExportError("the onnx backend needs onnxruntime: "
                                   "pip install 'minbert[onnx]'") from None
-        self.cross_encoded, self.folder = cross_encoded, Path(folder)
+        self.encodings, self.folder = encodings, Path(folder)
         self.sessions = {name: onnxruntime.InferenceSession(
             str(self.folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
             for name in tasks if (self.folder / f"{name}.onnx").is_file()}

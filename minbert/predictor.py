@@ -108,7 +108,7 @@ class Predictor:
         examples = Examples([str(i) for i in range(len(columns[0]))], columns)
         results = []
         for run in self.runs:
-            data = EncodedTask(task, examples, run.tokenizer, run.model.cross_encoded[task])
+            data = EncodedTask(task, examples, run.tokenizer, run.model.encodings[task])
             if data.truncated:
                 warnings.warn(f"{data.truncated} of {len(examples)} inputs are longer than "
                               f"{run.tokenizer.max_length} tokens and were truncated",
@@ -132,7 +132,7 @@ def load(runs: str | Path | Sequence[str | Path], device: str | None = None,
     if backend == "onnx":
         from minbert.onnx_backend import OnnxModel
         for run in loaded:
-            run.model = OnnxModel(run.folder.path / "onnx", run.tasks, run.model.cross_encoded)
+            run.model = OnnxModel(run.folder.path / "onnx", run.tasks, run.model.encodings)
         device, precision = "cpu", "fp32"
     elif backend != "torch":
         raise PredictError(f"backend {backend!r}: use torch or onnx")

@@ -134,10 +134,10 @@ def encode_train(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer
             config.data.dir, config.train.seed, config.data.validation,
             config.data.validation_seed)
         counts.update(file_counts)
-        cross = task.cross_encoded(config.model.pair_encoding)
-        train_sets[name] = EncodedTask(name, examples, tokenizer, cross)
+        encoding = task.encoding(config.model.pair_encoding)
+        train_sets[name] = EncodedTask(name, examples, tokenizer, encoding)
         if held_out is not None:
-            validation_sets[name] = EncodedTask(name, held_out, tokenizer, cross)
+            validation_sets[name] = EncodedTask(name, held_out, tokenizer, encoding)
     return train_sets, validation_sets, counts
 
 
@@ -161,7 +161,7 @@ def encode_split(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer
         examples = read_split(config, task, split, labelled)
         if examples is not None:
             out[name] = EncodedTask(name, examples, tokenizer,
-                                    task.cross_encoded(config.model.pair_encoding))
+                                    task.encoding(config.model.pair_encoding))
     return out
 
 

@@ -1,6 +1,7 @@
 """Readers, subsampling, bucketing and padding."""
 import numpy as np
 import pytest
+import torch
 
 from minbert.data import DataError, EncodedTask, subsample_indices
 from minbert.tasks import build_task
@@ -130,7 +131,7 @@ def test_buckets_cover_every_example_once_and_cut_padding(tiny_checkpoint):
     sentences = [" ".join(rng.choice(words, size=rng.integers(1, 40))) for _ in range(640)]
     from minbert.data import Examples
     examples = Examples([str(i) for i in range(640)], [sentences], np.zeros(640))
-    data = EncodedTask("sst", examples, tokenizer, cross_encoded=True)
+    data = EncodedTask("sst", examples, tokenizer, "cross")
     batches = data.bucketed_batches(16, np.random.default_rng(1), bucket_batches=10)
     assert sorted(np.concatenate(batches).tolist()) == list(range(640))
 
@@ -151,8 +152,24 @@ def test_pairs_are_one_segment_when_cross_encoded_and_two_when_bi_encoded(tiny_c
     tokenizer = Tokenizer.from_pretrained(tiny_checkpoint)
     examples = Examples(["1", "2"], [["the cat", "a dog runs"], ["the dog", "a cat"]],
                         np.array([1.0, 0.0]))
-    cross = EncodedTask("quora", examples, tokenizer, cross_encoded=True).batch(np.arange(2))
-    bi = EncodedTask("quora", examples, tokenizer, cross_encoded=False).batch(np.arange(2))
+    cross = EncodedTask("quora", examples, tokenizer, "cross").batch(np.arange(2))
+    bi = EncodedTask("quora", examples, tokenizer, "bi").batch(np.arange(2))
     assert len(cross.segments) == 1 and len(bi.segments) == 2
     assert cross.segments[0]["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 0]
     assert bi.segments[1]["input_ids"].shape == (2, 4)
+    both = EncodedTask("quora", examples, tokenizer, "both").batch(np.arange(2))
+    assert len(both.segments) == 3  # the cross-encoded pair, then each sentence
+    for mine, theirs in zip(both.segments, cross.segments + bi.segments):
+        for key in theirs:
+            assert torch.equal(mine[key], theirs[key])
+
+
+def test_an_encoding_that_does_not_fit_the_examples_is_refused(tiny_checkpoint):
+    from minbert.data import Examples
+    tokenizer = Tokenizer.from_pretrained(tiny_checkpoint)
+    single = Examples(["1"], [["the cat"]], np.array([1.0]))
+    pair = Examples(["1"], [["the cat"], ["a dog"]], np.array([1.0]))
+    with pytest.raises(ValueError, match="sst: encoding 'bi' does not fit one sentence"):
+        EncodedTask("sst", single, tokenizer, "bi")
+    with pytest.raises(ValueError, match="quora: encoding 'single' does not fit a pair"):
+        EncodedTask("quora", pair, tokenizer, "single")

@@ -18,6 +18,7 @@ def run(tmp_path_factory, tiny_checkpoint):
     values = tiny_config_values(write_task_files(root / "data"), tiny_checkpoint, root / "run",
                                 epochs=1)
     values["tasks"]["sts"]["pair_encoding"] = "bi"  # a two-segment graph too
+    values["tasks"]["quora"]["pair_encoding"] = "both"  # and a three-segment one
     train(build_config(values))
     return root / "run"
 

@@ -26,11 +26,11 @@ def setup(tiny_checkpoint):
     pairs = Examples([str(i) for i in range(6)], [[a for a, _, _ in SIMILAR],
                                                   [b for _, b, _ in SIMILAR]],
                      np.array([y for _, _, y in SIMILAR]))
-    batch = EncodedTask("sts", pairs, tokenizer, cross_encoded=False).batch(np.arange(6))
+    batch = EncodedTask("sts", pairs, tokenizer, "bi").batch(np.arange(6))
     questions = Examples([str(i) for i in range(6)], [[a for a, _, _ in QUESTIONS],
                                                       [b for _, b, _ in QUESTIONS]],
                          np.array([float(y) for _, _, y in QUESTIONS]))
-    quora_batch = EncodedTask("quora", questions, tokenizer, cross_encoded=False).batch(
+    quora_batch = EncodedTask("quora", questions, tokenizer, "bi").batch(
         np.arange(6))
     return model.train(), tasks, batch, quora_batch
 

@@ -2,12 +2,14 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from minbert import cli
 from minbert.config import build_config
 from minbert.runs import RunError
+from minbert.tokenizer import Tokenizer
 from minbert.training import TrainingError, train
 
 from helpers import tiny_config_values, weights_equal, write_task_files
@@ -141,15 +143,42 @@ def test_pair_encoding_can_be_chosen_per_task(tiny_checkpoint):
     tasks = {"quora": build_task("quora", {}), "sts": build_task("sts", {"pair_encoding": "bi"}),
              "sst": build_task("sst", {})}
     model = MultiTaskModel(BertModel.from_pretrained(tiny_checkpoint), tasks, "cross")
-    assert model.cross_encoded["quora"] and not model.cross_encoded["sts"]
-    assert not model.cross_encoded["sst"]  # a single sentence is never a pair
+    assert model.encodings == {"quora": "cross", "sts": "bi", "sst": "single"}
     assert isinstance(model.heads["quora"], LinearHead)
     assert isinstance(model.heads["sts"], CosinePairHead)
     tasks["quora"] = build_task("quora", {"pair_encoding": "bi"})
     model = MultiTaskModel(BertModel.from_pretrained(tiny_checkpoint), tasks, "cross")
     assert isinstance(model.heads["quora"], ConcatPairHead)
-    with pytest.raises(ValueError, match="tasks.sts.pair_encoding"):
-        build_task("sts", {"pair_encoding": "both"})
+    with pytest.raises(ValueError, match="tasks.sts.pair_encoding: 'siamese'"):
+        build_task("sts", {"pair_encoding": "siamese"})
+
+
+def test_a_pair_encoded_both_ways_sums_the_cross_and_the_bi_encoders_logits(tiny_checkpoint):
+    from minbert import BertModel
+    from minbert.data import EncodedTask, Examples
+    from minbert.multitask import BothPairHead, ConcatPairHead, CosinePairHead, MultiTaskModel
+    from minbert.tasks import build_task
+    tasks = {"sts": build_task("sts", {"pair_encoding": "both"}),
+             "quora": build_task("quora", {"pair_encoding": "both"})}
+    torch.manual_seed(0)
+    model = MultiTaskModel(BertModel.from_pretrained(tiny_checkpoint), tasks, "cross").eval()
+    assert model.encodings == {"sts": "both", "quora": "both"}
+    assert isinstance(model.heads["sts"].bi, CosinePairHead)
+    assert isinstance(model.heads["quora"].bi, ConcatPairHead)
+    examples = Examples(["1", "2", "3"], [["a cat sat", "the dog", "a man plays"],
+                                          ["the cat sat down", "a cat", "a man sings"]],
+                        np.array([4.0, 1.0, 2.5]))
+    tokenizer = Tokenizer.from_pretrained(tiny_checkpoint)
+    batch = EncodedTask("sts", examples, tokenizer, "both").batch(np.arange(3))
+    with torch.no_grad():
+        joint, u, v = (model.represent(s, e) for s, e in zip(batch.segments, model.embed(batch)))
+        head = model.heads["sts"]
+        assert isinstance(head, BothPairHead)
+        expected = head.cross(joint) + head.bi(u, v)
+        torch.testing.assert_close(model(batch), expected)
+        # each part moves the sum: neither is ignored
+        assert not torch.allclose(expected, head.cross(joint))
+        assert not torch.allclose(expected, head.bi(u, v))
 
 
 def test_layer_decay_gives_each_encoder_layer_its_learning_rate(task_dir, tiny_checkpoint,

@@ -59,7 +59,7 @@ class Distill(Regularizer):
                 if name not in run.tasks:
                     raise ValueError(f"regularizers.distill: teacher {run.folder.path} has no "
                                      f"task {name!r} (it has {', '.join(run.tasks)})")
-                if run.model.cross_encoded[name] != model.cross_encoded[name]:
+                if run.model.encodings[name] != model.encodings[name]:
                     raise ValueError(f"regularizers.distill: teacher {run.folder.path} encodes "
                                      f"{name} pairs the other way; teachers and student must "
                                      "share each task's pair encoding")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minbert.data import Examples, held_out_mask, read_examples, subsample_indices
+from minbert.data import (PAIR_ENCODINGS, Examples, held_out_mask, read_examples,
+                          subsample_indices)
 from minbert.registry import Registry
 
 # task kinds by their `kind`; a kind's options are its dataclass fields
@@ -28,7 +29,7 @@ class Task:
     output_prefix: str = ""        # leaderboard file name: {prefix}-dev-output.csv
     prediction_header: str = "Predicted"
     subsample: float | None = None  # keep a fraction (< 1) or a count (≥ 1) of training data
-    pair_encoding: str | None = None  # "cross" | "bi" for this pair task; None: model.pair_encoding
+    pair_encoding: str | None = None  # "cross" | "bi" | "both" for this pair task; None: model.pair_encoding
 
     kind = ""                    # the name a config gives: kind = "classification"
     metric_name = "metric"
@@ -76,9 +77,9 @@ class Task:
                 self.output_prefix):
             raise ValueError(f"{where}.output_prefix: {self.output_prefix!r} is not a plain "
                              "file name (letters, digits, '.', '_', '-'; no folders)")
-        if self.pair_encoding not in (None, "cross", "bi"):
-            raise ValueError(f"{where}.pair_encoding: {self.pair_encoding!r} is not 'cross' "
-                             "or 'bi'")
+        if self.pair_encoding not in (None, *PAIR_ENCODINGS):
+            raise ValueError(f"{where}.pair_encoding: {self.pair_encoding!r} is not one of "
+                             f"{PAIR_ENCODINGS}")
 
     @property
     def is_pair(self) -> bool:
@@ -88,9 +89,10 @@ class Task:
     def num_outputs(self) -> int:
         raise NotImplementedError
 
-    def cross_encoded(self, default_encoding: str) -> bool:
-        """Whether this task's pairs are one sequence; `default_encoding` is the run's."""
-        return self.is_pair and (self.pair_encoding or default_encoding) == "cross"
+    def encoding(self, default_encoding: str) -> str:
+        """How this task's examples become segments (data.ENCODINGS): "single" for one
+        sentence; for a pair its own pair_encoding, else `default_encoding` (the run's)."""
+        return (self.pair_encoding or default_encoding) if self.is_pair else "single"
 
     def parse_label(self, raw: str) -> float:
         raise NotImplementedError
