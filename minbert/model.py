@@ -185,10 +185,12 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, output_hidden_states: bool = False):
+        states = [x]
         for layer in self.layer:
             x = layer(x, mask)
-        return x
+            states.append(x)
+        return tuple(states) if output_hidden_states else x
 
 
 class BertPooler(nn.Module):
@@ -202,7 +204,8 @@ class BertPooler(nn.Module):
 
 class BertModel(nn.Module):
     """The BERT encoder: `model(input_ids, attention_mask, token_type_ids)` returns
-    `(last_hidden_state (batch, seq, hidden), pooled_output (batch, hidden))`."""
+    `(last_hidden_state (batch, seq, hidden), pooled_output (batch, hidden))`; with
+    `output_hidden_states=True` also every layer's output, the embeddings' first (as HF)."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -223,7 +226,7 @@ class BertModel(nn.Module):
         return self.embeddings.word_embeddings(input_ids)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, *,
-                inputs_embeds=None):
+                inputs_embeds=None, output_hidden_states: bool = False):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         word_embeds = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
@@ -238,7 +241,11 @@ class BertModel(nn.Module):
             # additive float mask, (batch, 1, 1, seq): built once, not converted per layer
             mask = torch.zeros(batch, 1, 1, seq, dtype=word_embeds.dtype, device=word_embeds.device)
             mask.masked_fill_(~attention_mask.bool()[:, None, None, :], float("-inf"))
-        hidden = self.encoder(self.embeddings(word_embeds, token_type_ids), mask)
+        states = self.encoder(self.embeddings(word_embeds, token_type_ids), mask,
+                              output_hidden_states=True)
+        hidden = states[-1]
+        if output_hidden_states:
+            return hidden, self.pooler(hidden), states
         return hidden, self.pooler(hidden)
 
     @classmethod

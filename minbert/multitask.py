@@ -13,8 +13,8 @@ from torch import nn
 from minbert.data import PAIR_ENCODINGS, Batch
 from minbert.model import BertModel
 from minbert.tasks import Task
+from minbert.tasks.base import POOLINGS
 
-POOLINGS = ("mean", "cls", "pooler")
 SIMILARITY_HEADS = ("cosine", "concat")
 
 
@@ -82,17 +82,27 @@ class MultiTaskModel(nn.Module):
         self.pooling = pooling
         self.encodings = {name: task.encoding(pair_encoding)  # data.ENCODINGS
                           for name, task in tasks.items()}
-        hidden = encoder.config.hidden_size
+        self.poolings = {}  # task: (pooling, how many top layers are pooled and concatenated)
+        for name, task in tasks.items():
+            kind, layers = task.pooling or pooling, task.pool_layers
+            if layers > encoder.config.num_hidden_layers:
+                raise ValueError(f"tasks.{name}.pool_layers: {layers}, but the encoder has "
+                                 f"{encoder.config.num_hidden_layers} layers")
+            if kind == "pooler" and layers != 1:
+                raise ValueError(f"tasks.{name}.pool_layers: the pooler (model.pooling) reads "
+                                 f"the last layer only; set tasks.{name}.pooling to mean or cls")
+            self.poolings[name] = (kind, layers)
         heads = {}
         for name, task in tasks.items():
             encoding = self.encodings[name]
+            width = encoder.config.hidden_size * self.poolings[name][1]
             if encoding in ("single", "cross", "both"):
-                heads[name] = LinearHead(hidden, task.num_outputs, head_dropout)
+                heads[name] = LinearHead(width, task.num_outputs, head_dropout)
             if encoding in ("bi", "both"):
                 if task.cosine_pair_head and similarity_head == "cosine":
                     pair = CosinePairHead()
                 else:
-                    pair = ConcatPairHead(hidden, task.num_outputs, head_dropout)
+                    pair = ConcatPairHead(width, task.num_outputs, head_dropout)
                 heads[name] = pair if encoding == "bi" else BothPairHead(heads[name], pair)
         self.heads = nn.ModuleDict(heads)
 
@@ -100,22 +110,28 @@ class MultiTaskModel(nn.Module):
         """Word embeddings of each segment, (batch, seq, hidden): what SMART perturbs."""
         return [self.encoder.word_embeddings(s["input_ids"]) for s in batch.segments]
 
-    def represent(self, segment: dict[str, torch.Tensor], word_embeds: torch.Tensor):
-        hidden, pooled = self.encoder(inputs_embeds=word_embeds,
-                                      attention_mask=segment["attention_mask"],
-                                      token_type_ids=segment["token_type_ids"])
-        if self.pooling == "pooler":
+    def represent(self, segment: dict[str, torch.Tensor], word_embeds: torch.Tensor,
+                  task: str) -> torch.Tensor:
+        """One segment as one vector per example, pooled as `task` asks: (batch, width)."""
+        kind, layers = self.poolings[task]
+        _, pooled, states = self.encoder(inputs_embeds=word_embeds,
+                                         attention_mask=segment["attention_mask"],
+                                         token_type_ids=segment["token_type_ids"],
+                                         output_hidden_states=True)
+        if kind == "pooler":
             return pooled
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        mask = segment["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        top = states[-layers:]
+        if kind == "cls":
+            return torch.cat([hidden[:, 0] for hidden in top], dim=-1)
+        mask = segment["attention_mask"].unsqueeze(-1).to(top[0].dtype)  # (batch, seq, 1)
+        count = mask.sum(1).clamp(min=1.0)
+        return torch.cat([(hidden * mask).sum(1) / count for hidden in top], dim=-1)
 
     def forward(self, batch: Batch, word_embeds: list[torch.Tensor] | None = None):
         """Logits of `batch.task`, (batch, num_outputs); `word_embeds` replaces the lookup."""
         if word_embeds is None:
             word_embeds = self.embed(batch)
-        reps = [self.represent(s, e) for s, e in zip(batch.segments, word_embeds)]
+        reps = [self.represent(s, e, batch.task) for s, e in zip(batch.segments, word_embeds)]
         return self.heads[batch.task](*reps)
 
     def shared_parameters(self) -> list[nn.Parameter]:

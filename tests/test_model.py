@@ -46,6 +46,19 @@ def test_minilm_matches_transformers_on_sentence_pairs(minilm, hf_minilm):
     _compare(model, hf_minilm, batch)
 
 
+def test_every_layers_output_matches_transformers(minilm, hf_minilm):
+    model, tokenizer = minilm
+    batch = tokenizer(*PAIRS)
+    with torch.no_grad():
+        hidden, _, states = model(**batch, output_hidden_states=True)
+        reference = hf_minilm(**batch, output_hidden_states=True).hidden_states
+    assert len(states) == len(reference) == model.config.num_hidden_layers + 1
+    assert states[-1] is hidden
+    real = batch["attention_mask"].bool()
+    for ours, theirs in zip(states, reference):
+        torch.testing.assert_close(ours[real], theirs[real], atol=1e-5, rtol=0)
+
+
 def test_inputs_embeds_equal_input_ids(minilm):
     model, tokenizer = minilm
     batch = tokenizer(SINGLES)

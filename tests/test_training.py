@@ -171,7 +171,8 @@ def test_a_pair_encoded_both_ways_sums_the_cross_and_the_bi_encoders_logits(tiny
     tokenizer = Tokenizer.from_pretrained(tiny_checkpoint)
     batch = EncodedTask("sts", examples, tokenizer, "both").batch(np.arange(3))
     with torch.no_grad():
-        joint, u, v = (model.represent(s, e) for s, e in zip(batch.segments, model.embed(batch)))
+        joint, u, v = (model.represent(s, e, "sts")
+                        for s, e in zip(batch.segments, model.embed(batch)))
         head = model.heads["sts"]
         assert isinstance(head, BothPairHead)
         expected = head.cross(joint) + head.bi(u, v)
@@ -179,6 +180,55 @@ def test_a_pair_encoded_both_ways_sums_the_cross_and_the_bi_encoders_logits(tiny
         # each part moves the sum: neither is ignored
         assert not torch.allclose(expected, head.cross(joint))
         assert not torch.allclose(expected, head.bi(u, v))
+
+
+def test_a_task_pools_its_own_way_and_can_concatenate_the_top_layers(tiny_checkpoint):
+    from minbert import BertModel
+    from minbert.data import EncodedTask, Examples
+    from minbert.multitask import MultiTaskModel
+    from minbert.tasks import build_task
+    tasks = {"sst": build_task("sst", {"pool_layers": 2}),
+             "sts": build_task("sts", {"pooling": "cls", "pool_layers": 2,
+                                       "pair_encoding": "bi"}),
+             "quora": build_task("quora", {})}
+    encoder = BertModel.from_pretrained(tiny_checkpoint)
+    model = MultiTaskModel(encoder, tasks, "cross", pooling="mean").eval()
+    hidden = encoder.config.hidden_size
+    assert model.poolings == {"sst": ("mean", 2), "sts": ("cls", 2), "quora": ("mean", 1)}
+    assert model.heads["sst"].out.in_features == 2 * hidden
+    assert model.heads["quora"].out.in_features == hidden
+    tokenizer = Tokenizer.from_pretrained(tiny_checkpoint)
+    sentences = Examples(["1", "2"], [["a good film", "bad"]], np.array([4.0, 0.0]))
+    segment = EncodedTask("sst", sentences, tokenizer, "single").batch(np.arange(2)).segments[0]
+    with torch.no_grad():
+        states = encoder(**segment, output_hidden_states=True)[2]
+        embeds = encoder.word_embeddings(segment["input_ids"])
+        mask = segment["attention_mask"].unsqueeze(-1).float()
+        means = [(s * mask).sum(1) / mask.sum(1) for s in states]
+        torch.testing.assert_close(model.represent(segment, embeds, "sst"),
+                                   torch.cat(means[-2:], dim=-1))
+        torch.testing.assert_close(model.represent(segment, embeds, "quora"), means[-1])
+        torch.testing.assert_close(model.represent(segment, embeds, "sts"),
+                                   torch.cat([s[:, 0] for s in states[-2:]], dim=-1))
+
+
+@pytest.mark.parametrize("settings, model_pooling, message", [
+    ({"pool_layers": 0}, "mean", "tasks.sst.pool_layers: a whole number ≥ 1, got 0"),
+    ({"pool_layers": "2"}, "mean", "tasks.sst.pool_layers: a whole number ≥ 1, got '2'"),
+    ({"pooling": "max"}, "mean", "tasks.sst.pooling: 'max' is not one of"),
+    ({"pooling": "pooler", "pool_layers": 2}, "mean", "the pooler reads the last layer only"),
+    ({"pool_layers": 2}, "pooler", "the pooler \\(model.pooling\\) reads the last layer"),
+    ({"pool_layers": 99}, "mean", "tasks.sst.pool_layers: 99, but the encoder has"),
+])
+def test_a_pooling_that_cannot_work_is_refused_by_name(tiny_checkpoint, settings,
+                                                       model_pooling, message):
+    from minbert import BertModel
+    from minbert.multitask import MultiTaskModel
+    from minbert.tasks import build_task
+    with pytest.raises(ValueError, match=message):
+        task = build_task("sst", settings)
+        MultiTaskModel(BertModel.from_pretrained(tiny_checkpoint), {"sst": task}, "cross",
+                       pooling=model_pooling)
 
 
 def test_layer_decay_gives_each_encoder_layer_its_learning_rate(task_dir, tiny_checkpoint,

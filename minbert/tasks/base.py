@@ -15,6 +15,9 @@ from minbert.registry import Registry
 
 # task kinds by their `kind`; a kind's options are its dataclass fields
 KINDS = Registry("task kind", "tasks.NAME.kind", attribute="kind")
+# How a segment's token states become one vector: their mean over real tokens, the [CLS]
+# state, or BERT's pooler (a dense layer and tanh on [CLS]).
+POOLINGS = ("mean", "cls", "pooler")
 
 
 @dataclass
@@ -30,6 +33,8 @@ class Task:
     prediction_header: str = "Predicted"
     subsample: float | None = None  # keep a fraction (< 1) or a count (≥ 1) of training data
     pair_encoding: str | None = None  # "cross" | "bi" | "both" for this pair task; None: model.pair_encoding
+    pooling: str | None = None     # "mean" | "cls" | "pooler" for this task; None: model.pooling
+    pool_layers: int = 1           # the pooled outputs of the top N layers, concatenated
 
     kind = ""                    # the name a config gives: kind = "classification"
     metric_name = "metric"
@@ -77,6 +82,15 @@ class Task:
                 self.output_prefix):
             raise ValueError(f"{where}.output_prefix: {self.output_prefix!r} is not a plain "
                              "file name (letters, digits, '.', '_', '-'; no folders)")
+        if self.pooling not in (None, *POOLINGS):
+            raise ValueError(f"{where}.pooling: {self.pooling!r} is not one of {POOLINGS}")
+        if isinstance(self.pool_layers, bool) or not isinstance(self.pool_layers, int) \
+                or self.pool_layers < 1:
+            raise ValueError(f"{where}.pool_layers: a whole number ≥ 1, got "
+                             f"{self.pool_layers!r}")
+        if self.pooling == "pooler" and self.pool_layers != 1:
+            raise ValueError(f"{where}.pool_layers: the pooler reads the last layer only; "
+                             "use pooling = \"mean\" or \"cls\" to concatenate layers")
         if self.pair_encoding not in (None, *PAIR_ENCODINGS):
             raise ValueError(f"{where}.pair_encoding: {self.pair_encoding!r} is not one of "
                              f"{PAIR_ENCODINGS}")
