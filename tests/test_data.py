@@ -131,7 +131,7 @@ def test_buckets_cover_every_example_once_and_cut_padding(tiny_checkpoint):
     sentences = [" ".join(rng.choice(words, size=rng.integers(1, 40))) for _ in range(640)]
     from minbert.data import Examples
     examples = Examples([str(i) for i in range(640)], [sentences], np.zeros(640))
-    data = EncodedTask("sst", examples, tokenizer, "cross")
+    data = EncodedTask("sst", examples, tokenizer, "single")
     batches = data.bucketed_batches(16, np.random.default_rng(1), bucket_batches=10)
     assert sorted(np.concatenate(batches).tolist()) == list(range(640))
 

@@ -50,7 +50,7 @@ def encoded(tiny_checkpoint):
     def task(name, n):
         return EncodedTask(name, Examples([f"{name}{i}" for i in range(n)],
                                           [["the movie is good"] * n], np.zeros(n)),
-                           tokenizer, "cross")
+                           tokenizer, "single")
     return {"a": task("a", 50), "b": task("b", 13)}
 
 
