@@ -23,10 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+NO_SMART = "smart.enabled=false"
 # name -> (config, overrides); the order is the order of starting
 JOBS = {
     "smart": ("configs/best-cpu.toml", []),
-    "plain": ("configs/best-cpu.toml", ["smart.enabled=false"]),
+    "plain": ("configs/best-cpu.toml", [NO_SMART]),
     "share25": ("configs/best-cpu.toml", ["smart.adversarial_share=0.25"]),
     "rdrop": ("configs/best-cpu.toml", ["smart.adversarial_steps=0", "smart.noise_std=0.0",
                                         "smart.detach_target=false",
@@ -38,6 +39,17 @@ JOBS = {
     "every4": ("configs/best-cpu.toml", ["smart.adversarial_every=4"]),
     "smart-3ep": ("configs/best-cpu.toml", ["train.epochs=3"]),
     "plain-3ep": ("configs/best-cpu.toml", ["train.epochs=3", "smart.enabled=false"]),
+    # combiners and quality levers on the recipe without SMART ("plain"), and the quick preset
+    "nosmart-cagrad": ("configs/best-cpu.toml", [NO_SMART, 'train.combiner="cagrad"']),
+    "nosmart-famo": ("configs/best-cpu.toml", [NO_SMART, 'train.combiner="famo"']),
+    "nosmart-sum": ("configs/best-cpu.toml", [NO_SMART, 'train.combiner="sum"']),
+    "nosmart-stsboth": ("configs/best-cpu.toml", [NO_SMART, 'tasks.sts.pair_encoding="both"']),
+    "nosmart-sstpool4": ("configs/best-cpu.toml", [NO_SMART, "tasks.sst.pool_layers=4"]),
+    "nosmart-quora25": ("configs/best-cpu.toml", [NO_SMART, "tasks.quora.subsample=0.25"]),
+    "nosmart-quora50": ("configs/best-cpu.toml", [NO_SMART, "tasks.quora.subsample=0.5"]),
+    "nosmart-avg2": ("configs/best-cpu.toml", [NO_SMART, "train.average_last=2"]),
+    "quick": ("configs/quick.toml", []),
+    "quick-prop": ("configs/quick.toml", ['train.sampler="proportional"']),
 }
 
 
