@@ -2,7 +2,8 @@
 
 A sampler turns each task's number of batches in an epoch into a schedule: a list of
 steps, each a list of task names (round-robin puts one batch of every task still holding
-data into a step; the others one batch per step). `plan_epoch` then attaches the batches.
+data into a step, interleaved spreads each task's batches evenly over the steps; the
+others one batch per step). `plan_epoch` then attaches the batches.
 An epoch's plan depends only on (seed, epoch), so a resumed run replays it exactly.
 """
 from __future__ import annotations
@@ -41,6 +42,23 @@ class RoundRobinSampler(Sampler):
     def schedule(self, counts, rng):
         return [[task for task, n in counts.items() if step < n]
                 for step in range(max(counts.values()))]
+
+
+@SAMPLERS.register
+class InterleavedSampler(Sampler):
+    """Round-robin with each task's batches spread evenly over the epoch: the largest task
+    is in every step, a task with half as many batches in every second one, and so on.
+    Every batch once, as round-robin, but no task trains alone at the end of the epoch
+    (under round-robin the largest task does, for all the steps the others lack)."""
+    name = "interleaved"
+
+    def schedule(self, counts, rng):
+        steps = max(counts.values())
+        schedule = [[] for _ in range(steps)]
+        for task, n in counts.items():
+            for k in range(n):
+                schedule[k * steps // n].append(task)
+        return schedule
 
 
 @SAMPLERS.register

@@ -19,6 +19,18 @@ def test_round_robin_takes_one_batch_of_every_task_with_data_left():
     assert Counter(t for step in schedule for t in step) == COUNTS
 
 
+def test_interleaved_spreads_each_task_evenly_and_leaves_no_task_alone_at_the_end():
+    schedule = make_sampler("interleaved").schedule(COUNTS, np.random.default_rng(0))
+    assert len(schedule) == 20 and all(schedule)  # as long as round-robin, no empty step
+    assert Counter(t for step in schedule for t in step) == COUNTS
+    assert all("quora" in step for step in schedule)
+    assert [i for i, step in enumerate(schedule) if "sts" in step] == [0, 6, 13]
+    gaps = np.diff([i for i, step in enumerate(schedule) if "sst" in step])
+    assert set(gaps) <= {2, 3}  # 20 steps / 7 batches: every second or third step
+    # round-robin's last 13 steps are Quora alone; here every task is in the last third
+    assert {t for step in schedule[-7:] for t in step} == set(COUNTS)
+
+
 @pytest.mark.parametrize("name", ["sequential", "proportional"])
 def test_one_task_per_step_samplers_use_every_batch_once(name):
     schedule = make_sampler(name).schedule(COUNTS, np.random.default_rng(0))
@@ -54,8 +66,9 @@ def encoded(tiny_checkpoint):
     return {"a": task("a", 50), "b": task("b", 13)}
 
 
-def test_round_robin_plan_covers_every_example_of_every_task_once(encoded):
-    plan = plan_epoch(encoded, 4, make_sampler("round-robin"), seed=0, epoch=0)
+@pytest.mark.parametrize("name", ["round-robin", "interleaved"])
+def test_every_batch_once_plans_cover_every_example_of_every_task_once(encoded, name):
+    plan = plan_epoch(encoded, 4, make_sampler(name), seed=0, epoch=0)
     seen = {"a": [], "b": []}
     for step in plan:
         for name, indices in step:
