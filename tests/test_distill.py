@@ -77,7 +77,7 @@ def test_teachers_are_checked(teacher, tiny_checkpoint):
     train_sets, _, _ = encode_train(config, tasks, tokenizer)
     distill = Distill([str(teacher / "teacher")], tasks=tasks)
     batch = train_sets["quora"].batch([0, 1])
-    with pytest.raises(ValueError, match="pair encoding"):
+    with pytest.raises(ValueError, match="encodes quora as 'cross', the student as 'bi'"):
         distill(student, tasks["quora"], batch, student(batch))
 
 

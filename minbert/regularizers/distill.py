@@ -61,7 +61,8 @@ class Distill(Regularizer):
                                      f"task {name!r} (it has {', '.join(run.tasks)})")
                 if run.model.encodings[name] != model.encodings[name]:
                     raise ValueError(f"regularizers.distill: teacher {run.folder.path} encodes "
-                                     f"{name} pairs the other way; teachers and student must "
+                                     f"{name} as {run.model.encodings[name]!r}, the student as "
+                                     f"{model.encodings[name]!r}; teachers and student must "
                                      "share each task's pair encoding")
             if run.tokenizer.vocab_size != model.encoder.config.vocab_size:
                 raise ValueError(f"regularizers.distill: teacher {run.folder.path} has another "
