@@ -147,7 +147,7 @@ def test_buckets_cover_every_example_once_and_cut_padding(tiny_checkpoint):
     assert padding(batches) < padding(random_batches) / 3
 
 
-def test_pairs_are_one_segment_when_cross_encoded_and_two_when_bi_encoded(tiny_checkpoint):
+def test_pairs_are_one_segment_cross_encoded_two_bi_encoded_and_three_both(tiny_checkpoint):
     from minbert.data import Examples
     tokenizer = Tokenizer.from_pretrained(tiny_checkpoint)
     examples = Examples(["1", "2"], [["the cat", "a dog runs"], ["the dog", "a cat"]],
