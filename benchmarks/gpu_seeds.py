@@ -38,7 +38,7 @@ JOBS = {
     "r3f": ("configs/best-cpu.toml", ["smart.adversarial_steps=0"]),
     "every4": ("configs/best-cpu.toml", ["smart.adversarial_every=4"]),
     "smart-3ep": ("configs/best-cpu.toml", ["train.epochs=3"]),
-    "plain-3ep": ("configs/best-cpu.toml", ["train.epochs=3", "smart.enabled=false"]),
+    "plain-3ep": ("configs/best-cpu.toml", ["train.epochs=3", NO_SMART]),
     # combiners and quality levers on the recipe without SMART ("plain"), and the quick preset
     "nosmart-cagrad": ("configs/best-cpu.toml", [NO_SMART, 'train.combiner="cagrad"']),
     "nosmart-famo": ("configs/best-cpu.toml", [NO_SMART, 'train.combiner="famo"']),
