@@ -78,8 +78,6 @@ class MultiTaskModel(nn.Module):
             if value not in allowed:
                 raise ValueError(f"{option}: {value!r} is not one of {allowed}")
         self.encoder = encoder
-        self.pair_encoding = pair_encoding
-        self.pooling = pooling
         self.encodings = {name: task.encoding(pair_encoding)  # data.ENCODINGS
                           for name, task in tasks.items()}
         self.poolings = {}  # task: (pooling, how many top layers are pooled and concatenated)
