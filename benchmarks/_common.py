@@ -6,7 +6,8 @@ import torch
 
 from minbert.config import load_config
 from minbert.data import EncodedTask
-from minbert.runs import build_model, build_tasks
+from minbert.loading import build_model
+from minbert.tasks import build_tasks
 
 
 def model_and_batches(overrides=(), per_task=32, config="configs/cross-encoding.toml"):

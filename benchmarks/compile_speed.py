@@ -18,13 +18,15 @@ import torch
 
 from minbert.config import load_config
 from minbert.data import EncodedTask
-from minbert.runs import build_model, build_tasks, encode_train
+from minbert.build import build_plan, encode_train
+from minbert.loading import build_model
+from minbert.tasks import build_tasks
 from minbert.training import Trainer
 
 
 def run_passes(config, tasks, model, train_sets, passes=2) -> list[tuple[float, int]]:
     """(seconds, steps) of each pass over the same step plan."""
-    trainer = Trainer(config, tasks, model, train_sets, dev_sets={})
+    trainer = Trainer(build_plan(config), model, train_sets, dev_sets={})
     trainer.model.train()
     plan = trainer._plan(0)
     results = []
@@ -59,7 +61,7 @@ def main():
             torch.manual_seed(0)
             model, tokenizer = build_model(config, tasks)
             full, _, _ = encode_train(config, tasks, tokenizer)
-            epoch_steps = len(Trainer(config, tasks, model, full, dev_sets={})._plan(0))
+            epoch_steps = len(Trainer(build_plan(config), model, full, dev_sets={})._plan(0))
             train_sets = {name: EncodedTask(name, data.examples.subset(
                 range(min(args.per_task, len(data)))), tokenizer, model.encodings[name])
                 for name, data in full.items()}

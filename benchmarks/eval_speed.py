@@ -17,7 +17,9 @@ import torch
 
 from minbert.config import load_config
 from minbert.evaluation import evaluate
-from minbert.runs import build_model, build_tasks, encode_split
+from minbert.build import encode_split
+from minbert.loading import build_model
+from minbert.tasks import build_tasks
 
 
 def timed(model, tasks, dev, batch_size, dtype, grad_mode):

@@ -41,7 +41,10 @@ def phase(config_file, checkpoint, device, steps, dev_limit, overrides=()):
 
 def dev_metrics(config, run_dir, device):
     from minbert.evaluation import evaluate
-    from minbert.runs import build_model, build_tasks, encode_split, load_state
+    from minbert.build import encode_split
+    from minbert.loading import build_model
+    from minbert.runs import load_state
+    from minbert.tasks import build_tasks
     tasks = build_tasks(config)
     model, tokenizer = build_model(config, tasks)
     model.load_state_dict(load_state(Path(run_dir) / "checkpoint.pt")["model"])

@@ -22,7 +22,8 @@ import minbert
 from minbert.config import load_config
 from minbert.export import export_run
 from minbert.onnx_backend import export_onnx
-from minbert.runs import build_model, build_tasks
+from minbert.loading import build_model
+from minbert.tasks import build_tasks
 
 
 def main():

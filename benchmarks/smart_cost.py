@@ -21,7 +21,7 @@ import torch
 from _common import model_and_batches
 from minbert.config import SmartConfig
 from minbert.regularizers.smart import Smart
-from minbert.runs import resolve_precision
+from minbert.devices import resolve_precision
 
 
 def main():
@@ -50,9 +50,10 @@ def main():
         "R-Drop (2 dropout passes only)": {"adversarial_steps": 0, "noise_std": 0.0,
                                            "detach_target": False, "proximal_weight": 0.0},
     }
-    smarts = {name: Smart(SmartConfig(**{"adversarial_steps": args.K, **settings}),
-                          total_updates=1000)
+    smarts = {name: Smart(SmartConfig(**{"adversarial_steps": args.K, **settings}))
               for name, settings in variants.items()}
+    for smart in smarts.values():
+        smart.start(total_updates=1000)
     full = smarts["SMART (adversarial + proximal)"]
     # time the passes separately by wrapping the full regulariser's two parts
     timings = {}

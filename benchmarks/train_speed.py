@@ -18,7 +18,9 @@ import torch
 
 from minbert.config import load_config
 from minbert.data import EncodedTask
-from minbert.runs import build_model, build_tasks
+from minbert.loading import build_model
+from minbert.tasks import build_tasks
+from minbert.build import build_plan
 from minbert.training import Trainer
 
 
@@ -67,7 +69,7 @@ def plain_hf_loop(tasks, train_sets, checkpoint_folder, batch_size, fixed_length
 
 def minbert_trainer(config, tasks, model, train_sets):
     """One epoch of the real trainer's steps (no evaluation); (examples/s, padding share)."""
-    trainer = Trainer(config, tasks, model, train_sets, dev_sets={})
+    trainer = Trainer(build_plan(config), model, train_sets, dev_sets={})
     trainer.model.train()
     window = {"tokens": 0, "slots": 0, "examples": 0, "time": 0.0, "loss": {}}
     start = time.perf_counter()

@@ -13,53 +13,61 @@ from minbert.config import ConfigKeyError, load_config
 from minbert.distributed import launched_as_main
 
 
+def _config(args, run_dir_key: str = "run_dir"):
+    """The config of --config with the overrides, and --run-dir set as given (a path is
+    data, never pasted into TOML)."""
+    config = load_config(args.config, list(args.overrides)
+                         + (["train.tensorboard=true"] if getattr(args, "tensorboard", False)
+                            else []))
+    if args.run_dir:
+        if run_dir_key == "run_dir":
+            config.run_dir = args.run_dir
+        else:
+            config.pretrain.run_dir = args.run_dir
+    return config
+
+
 def cmd_train(args):
+    from minbert.build import build_plan
     from minbert.evaluation import format_table
-    from minbert.runs import build_tasks
+    from minbert.pretrained import caveats
+    config = _config(args)
+    plan = build_plan(config, args.config or "flags")  # every method checked, once
+    if args.seeds is not None:
+        return _train_seeds(plan, args)
     from minbert.training import train
-    overrides = list(args.overrides) + ([f'run_dir="{args.run_dir}"'] if args.run_dir else [])
-    overrides += ["train.tensorboard=true"] if args.tensorboard else []
-    config = load_config(args.config, overrides)
-    if args.seeds:
-        return _train_seeds(config, args)
-    result = train(config, overwrite=args.overwrite)
+    result = train(plan, overwrite=args.overwrite)
     if "overall" in result and launched_as_main():  # under torchrun rank 0 says it
         chosen = ("dev metrics of the epoch chosen on the held-out validation split"
                   if config.data.validation else "best dev metrics")
         print(f"\n{chosen} ({config.run_dir}/best.pt):")
-        print(format_table(result, build_tasks(config)))
-        if "quora" in result and config.model.checkpoint == "minilm-l6":
-            print("note: all-MiniLM-L6-v2 was pre-trained on sentence pairs that include Quora "
-                  "duplicates, so its Quora accuracy is not a clean transfer result")
+        print(format_table(result, plan.tasks))
+        for note in caveats(config.model.checkpoint, plan.tasks):
+            print(f"note: {note}")
     return 0
 
 
-def _train_seeds(config, args):
-    from minbert.runs import build_tasks
-    from minbert.training import train_seeds
+def _train_seeds(plan, args):
+    from minbert.seeds import train_seeds
     try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: give integers separated by commas, "
                          "e.g. 0,1,2") from None
-    result = train_seeds(config, seeds, overwrite=args.overwrite)
+    result = train_seeds(plan.config, seeds, overwrite=args.overwrite)
     if launched_as_main():
-        tasks = build_tasks(config)
-        print(f"\n{len(seeds)} seeds ({config.run_dir}/seeds.json): mean, standard deviation "
-              "and 95% interval of the mean")
+        print(f"\n{len(seeds)} seeds ({plan.config.run_dir}/seeds.json): mean, standard "
+              "deviation and 95% interval of the mean")
         for key, s in result["summary"].items():
-            metric = tasks[key].metric_name if key in tasks else ""
+            metric = plan.tasks[key].metric_name if key in plan.tasks else ""
             print(f"{key:<10}{metric:<10}{s['mean']:>8.4f} ± {s['std']:.4f}   "
                   f"[{s['low']:.4f}, {s['high']:.4f}]")
     return 0
 
 
 def cmd_pretrain(args):
-    from minbert.pretraining import pretrain
-    overrides = list(args.overrides) + ([f'pretrain.run_dir="{args.run_dir}"']
-                                        if args.run_dir else [])
-    config = load_config(args.config, overrides)
-    out = pretrain(config, overwrite=args.overwrite)
+    from minbert.mlm import pretrain
+    out = pretrain(_config(args, "pretrain.run_dir"), overwrite=args.overwrite)
     if out.name == "model":
         print(f"\nwrote {out}; fine-tune from it with model.checkpoint=\"{out}\"")
     else:
@@ -86,8 +94,9 @@ def cmd_tune(args):
 def _predictor(args, folders):
     """The runs as one predictor (an ensemble when there are several), each folder checked
     before any model loads."""
+    from minbert.devices import resolve_device
+    from minbert.loading import check_run_folder, load_run
     from minbert.predictor import Predictor
-    from minbert.runs import check_run_folder, load_run, resolve_device
     for folder in folders:
         check_run_folder(folder)
     if args.device:  # a device this machine lacks fails before the models load
@@ -106,9 +115,10 @@ def _inputs(examples):
 
 
 def cmd_evaluate(args):
-    from minbert.evaluation import format_table, overall_score, write_predictions
-    from minbert.runs import (RunFolder, check_run_folder, read_split, writable_folder,
-                              write_text_atomic)
+    from minbert.build import read_split
+    from minbert.evaluation import format_table, overall_score
+    from minbert.loading import check_run_folder
+    from minbert.runs import write_evaluation, write_text_atomic, writable_folder
     single = len(args.run_dirs) == 1
     if single:  # its dev-metrics.json goes into the run folder
         writable_folder(check_run_folder(args.run_dirs[0]).path, "run")
@@ -129,41 +139,31 @@ def cmd_evaluate(args):
         write_text_atomic(Path(args.run_dirs[0]) / "dev-metrics.json",
                           json.dumps(metrics, indent=2) + "\n")
     if out is not None:  # an evaluation folder that compare and report read like a run's
-        folder = RunFolder(out)
-        saved = {**config.to_dict(), "run_dir": str(out)}
-        write_text_atomic(folder.config_file, json.dumps(saved, indent=2))
-        record = {"type": "evaluation", "members": [str(Path(d)) for d in args.run_dirs],
+        record = {"members": [str(Path(d)) for d in args.run_dirs],
                   "precision": predictor.precision, "dev": metrics}
-        write_text_atomic(folder.log_file, json.dumps(record) + "\n")
-        write_text_atomic(out / "dev-metrics.json", json.dumps(metrics, indent=2) + "\n")
-        folder.predictions.mkdir(exist_ok=True)
-        for name, (ids, values) in predictions.items():
-            task = predictor.tasks[name]
-            write_predictions(folder.predictions / f"{task.output_prefix}-dev-output.csv",
-                              task, ids, values)
+        write_evaluation(out, {**config.to_dict(), "run_dir": str(out)}, record,
+                         predictor.tasks, predictions)
         print(f"wrote {out}: dev predictions, dev-metrics.json (`minbert compare {out} RUN`)")
     return 0
 
 
 def _evaluation_folder(args) -> Path:
     """--out of evaluate: a new folder, or one that an earlier evaluate wrote; never a run."""
-    from minbert.runs import RunFolder, RunError, writable_folder
+    from minbert.runs import RunError, RunFolder, writable_folder
     out = Path(args.out)
     if any(out.resolve() == Path(d).resolve() for d in args.run_dirs):
         raise RunError(f"--out {out}: is one of the runs evaluated; give a new folder")
     folder = RunFolder(out)
-    if folder.log_file.is_file():
-        first = folder.log_file.read_text(encoding="utf-8").split("\n", 1)[0]
-        if '"type": "evaluation"' not in first:
-            raise RunError(f"--out {out}: holds a training run; give a new folder")
-    elif folder.holds_run():
+    if folder.log_file.is_file() and not folder.is_evaluation():
+        raise RunError(f"--out {out}: holds a training run; give a new folder")
+    if not folder.log_file.is_file() and folder.holds_run():
         raise RunError(f"--out {out}: holds run files; give a new folder")
     return writable_folder(out, "evaluation")
 
 
 def cmd_predict(args):
-    from minbert.evaluation import write_predictions
-    from minbert.runs import check_run_folder, writable_folder
+    from minbert.loading import check_run_folder
+    from minbert.runs import prediction_file, write_prediction_file, writable_folder
     if args.task or args.input:
         return _predict_new_text(args)
     if len(args.run_dirs) > 1 and not args.out:
@@ -181,8 +181,8 @@ def cmd_predict(args):
             examples = task.read(Path(config.data.dir) / file, labelled=split == "dev")
             prediction = predictor.predict(name, _inputs(examples),
                                            config.data.eval_batch_size)
-            path = out / f"{task.output_prefix}-{split}-output.csv"
-            write_predictions(path, task, examples.ids, prediction.values)
+            path = prediction_file(out, task, split)
+            write_prediction_file(path, task, examples.ids, prediction.values)
             print(f"wrote {path} ({len(examples)} rows)")
     return 0
 
@@ -223,8 +223,8 @@ def cmd_report(args):
 
 
 def cmd_compare(args):
-    from minbert.compare import (compare_runs, compare_seed_runs, format_differences,
-                                 seed_results)
+    from minbert.compare import compare_runs, compare_seed_runs, format_differences
+    from minbert.seeds import seed_results
     if all(seed_results(folder) for folder in (args.run_a, args.run_b)):
         rows = compare_seed_runs(args.run_a, args.run_b)
         print(format_differences(rows, args.run_a, args.run_b, 0))
@@ -236,7 +236,7 @@ def cmd_compare(args):
 
 def cmd_export(args):
     from minbert.export import check_export_target, export_run
-    from minbert.runs import check_run_folder, load_run
+    from minbert.loading import check_run_folder, load_run
     folder = check_run_folder(args.run_dir)
     check_export_target(folder.path, args.out)
     run = load_run(folder.path)
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     from minbert.pretrained import CheckpointError
     from minbert.runs import RunError
     from minbert.training import TrainingError
-    from minbert.tuning import TuneError
+    from minbert.tuning.space import TuneError
     try:
         return args.func(args)
     except (ConfigKeyError, DataError, CheckpointError, CompareError, OnnxExportError,

@@ -22,42 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from minbert.evaluation import overall_score
+from minbert.runs import read_outputs
+from minbert.seeds import seed_results
+from minbert.stats import mean_interval, resampled_metric
 from minbert.tasks import Task
 
 
 class CompareError(ValueError):
     """Runs that cannot be compared; the message says why (tasks or example ids)."""
-
-
-def _chunks(n: int, resamples: int, rng: np.random.Generator, budget: int = 4_000_000):
-    """Index arrays (chunk, n) drawn with replacement, about `budget` indices at a time."""
-    size = max(1, budget // max(n, 1))
-    for start in range(0, resamples, size):
-        yield rng.integers(0, n, size=(min(size, resamples - start), n))
-
-
-def resampled_metric(task: Task, labels: np.ndarray, predictions: list[np.ndarray],
-                     resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """(len(predictions), resamples) metric values, every prediction set resampled with the
-    same example indices. Accuracy for classes, Pearson's r for scores."""
-    labels = np.asarray(labels, dtype=np.float64)
-    predictions = [np.asarray(p, dtype=np.float64) for p in predictions]
-    out = np.empty((len(predictions), resamples))
-    done = 0
-    for idx in _chunks(len(labels), resamples, rng):
-        y = labels[idx]
-        for row, p in enumerate(predictions):
-            x = p[idx]
-            if task.classes is not None:
-                out[row, done:done + len(idx)] = (x == y).mean(1)
-            else:
-                xc, yc = x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
-                denominator = np.sqrt((xc ** 2).sum(1) * (yc ** 2).sum(1))
-                out[row, done:done + len(idx)] = np.divide(
-                    (xc * yc).sum(1), denominator, out=np.zeros(len(idx)),
-                    where=denominator > 0)
-        done += len(idx)
-    return out
 
 
 @dataclass
@@ -105,26 +77,10 @@ def compare_predictions(tasks: dict[str, Task], labels: dict[str, np.ndarray],
     return rows
 
 
-def mean_interval(values, level: float = 0.95) -> dict:
-    """Mean, sample standard deviation and the t-interval of the mean of `values` (one per
-    seed); with one value there is no interval (nan)."""
-    from scipy.stats import t
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    mean = float(values.mean())
-    if n < 2:
-        return {"mean": mean, "std": float("nan"), "low": float("nan"), "high": float("nan"),
-                "n": n}
-    std = float(values.std(ddof=1))
-    half = float(t.ppf(0.5 + level / 2, n - 1)) * std / np.sqrt(n)
-    return {"mean": mean, "std": std, "low": mean - half, "high": mean + half, "n": n}
-
-
 def compare_runs(folder_a, folder_b, resamples: int = 10_000, seed: int = 0) -> list[Difference]:
     """Two run folders' best-model dev predictions, compared on the examples they share;
     runs with other tasks or other example ids are refused with the difference named."""
-    from minbert.reports import load_run_outputs
-    run_a, run_b = load_run_outputs(folder_a), load_run_outputs(folder_b)
+    run_a, run_b = read_outputs(folder_a), read_outputs(folder_b)
     if list(run_a.tasks) != list(run_b.tasks):
         raise CompareError(f"{folder_a} has tasks {list(run_a.tasks)}, {folder_b} has "
                            f"{list(run_b.tasks)}; compare runs of the same tasks")
@@ -142,28 +98,6 @@ def compare_runs(folder_a, folder_b, resamples: int = 10_000, seed: int = 0) -> 
                                "runs' dev files")
     return compare_predictions(run_a.tasks, run_a.labels, run_a.predictions, run_b.predictions,
                                resamples, seed)
-
-
-def seed_results(folder) -> dict[str, dict]:
-    """Each seed's dev metrics in a `--seeds` folder: those of its seeds.json, and of any
-    finished seed-N/ run it does not list (its log's final record)."""
-    import json
-    from pathlib import Path
-
-    from minbert.runs import RunFolder
-    path = Path(folder) / "seeds.json"
-    runs = {}
-    if path.is_file():
-        try:
-            runs = dict(json.loads(path.read_text(encoding="utf-8"))["runs"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CompareError(f"{path}: not a seeds summary ({e})") from None
-    for sub in sorted(Path(folder).glob("seed-*")):
-        seed = sub.name.removeprefix("seed-")
-        final = RunFolder(sub).final_record() if seed.isdigit() else None
-        if seed not in runs and final is not None and "dev" in final:
-            runs[seed] = final["dev"]
-    return {seed: metrics for seed, metrics in runs.items() if "overall" in metrics}
 
 
 def compare_seed_runs(folder_a, folder_b) -> list[Difference]:

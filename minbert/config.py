@@ -1,10 +1,12 @@
-"""Run configuration: one dataclass per concern, filled from TOML, overridden by
-`section.key=value` flags, validated once when loaded, before any weights or data are
-read, with errors that name the key and what it accepts.
+"""Run configuration as data: one dataclass per concern, filled from TOML, overridden by
+`section.key=value` flags, its types, ranges and choices checked when loaded, with errors
+that name the key and what it accepts.
 
 A config file may start with `inherit = "other.toml"` (relative to itself) and then
-change only what differs. Values that name a method (combiner, sampler, task kind) are
-checked against the registries themselves, so a new method needs no change here.
+change only what differs. This module is the schema and the home of the project's
+vocabularies (encodings, poolings, divergences, precisions); it imports nothing from the
+rest of the package. Values that name a method (combiner, sampler, regulariser, task
+kind) are checked by building them, once, in minbert/build.py.
 """
 from __future__ import annotations
 
@@ -16,6 +18,18 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 REPO_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+# How a pair becomes segments: one cross-encoded sequence, each sentence alone, or both;
+# a single sentence is "single". Value: segments per example.
+ENCODINGS = {"single": 1, "cross": 1, "bi": 2, "both": 3}
+PAIR_ENCODINGS = ("cross", "bi", "both")
+# How a segment's token states become one vector: their mean over real tokens, the [CLS]
+# state, or BERT's pooler (a dense layer and tanh on [CLS]).
+POOLINGS = ("mean", "cls", "pooler")
+SIMILARITY_HEADS = ("cosine", "concat")   # a bi-encoded score: cosine, or a layer on [u; v; ...]
+DIVERGENCES = ("kl", "sym-kl", "squared")  # between two outputs of a task (SMART, distill)
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class ConfigKeyError(ValueError):
@@ -160,15 +174,18 @@ class RunConfig:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
              "smart": SmartConfig, "pretrain": PretrainConfig}
-DIVERGENCES = ("auto", "kl", "sym-kl", "squared")
-_CHOICES = {  # the model's own choices are checked against minbert.multitask's lists
+_SMART_DIVERGENCES = ("auto", *DIVERGENCES)
+_CHOICES = {
+    "model.pair_encoding": PAIR_ENCODINGS,
+    "model.pooling": POOLINGS,
+    "model.similarity_head": SIMILARITY_HEADS,
     "train.mode": ("full-model", "last-linear-layer"),
-    "train.precision": ("auto", "fp32", "bf16"),
-    "pretrain.precision": ("auto", "fp32", "bf16"),
+    "train.precision": PRECISIONS,
+    "pretrain.precision": PRECISIONS,
     "smart.norm": ("inf", "l2"),
-    "smart.inner_divergence": DIVERGENCES,
-    "smart.final_divergence": DIVERGENCES,
-    "smart.proximal_divergence": DIVERGENCES,
+    "smart.inner_divergence": _SMART_DIVERGENCES,
+    "smart.final_divergence": _SMART_DIVERGENCES,
+    "smart.proximal_divergence": _SMART_DIVERGENCES,
 }
 # numeric ranges: (lowest, highest, lowest allowed?, highest allowed?); None: unbounded
 _RANGES = {
@@ -276,7 +293,9 @@ def _split_key(text: str) -> tuple[str, str]:
     raise ConfigKeyError(f"override {text!r}: expected section.key=value")
 
 
-def _check_type(where: str, value, default):
+def check_type(where: str, value, default):
+    """`value` if it has the type of `default` (an int is a float too), else an error
+    naming `where`."""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):
@@ -317,7 +336,7 @@ def _fill(section, values: dict, name: str, source: str, allowed=None) -> None:
         if key not in known:
             raise ConfigKeyError(f"{source}: unknown key {name}.{key}; [{name}] takes "
                                  f"{', '.join(sorted(known))}")
-        setattr(section, key, _check_type(f"{source}: {name}.{key}", value,
+        setattr(section, key, check_type(f"{source}: {name}.{key}", value,
                                           getattr(section, key)))
 
 
@@ -344,9 +363,6 @@ def build_config(values: dict, source: str = "config") -> RunConfig:
             raise ConfigKeyError(f"{source}: unknown key {key!r}; the top level takes run_dir, "
                                  f"tasks, regularizers, tune, {', '.join(_SECTIONS)}")
     validate(config, source)
-    if config.tune:  # the search space too: each entry's values checked on the config
-        from minbert.tuning import parse_tune
-        parse_tune(values, source)
     return config
 
 
@@ -363,13 +379,8 @@ def _check_values(section, kind: str, source: str, where: str | None = None) -> 
 
 
 def validate(config: RunConfig, source: str = "config") -> None:
-    """Every value, checked before anything heavy runs; errors name the key."""
-    from minbert.multitask import PAIR_ENCODINGS, POOLINGS, SIMILARITY_HEADS
-    for key, allowed in (("pair_encoding", PAIR_ENCODINGS), ("pooling", POOLINGS),
-                         ("similarity_head", SIMILARITY_HEADS)):
-        if getattr(config.model, key) not in allowed:
-            raise ConfigKeyError(f"{source}: model.{key} = {getattr(config.model, key)!r}; "
-                                 f"use one of {', '.join(allowed)}")
+    """Every value's type, range and choice, checked before anything heavy runs; errors
+    name the key. What names a method or a task is checked when the run is built."""
     for name in _SECTIONS:
         _check_values(getattr(config, name), name, source)
     for key in ("train.device", "pretrain.device"):
@@ -393,45 +404,10 @@ def validate(config: RunConfig, source: str = "config") -> None:
         raise ConfigKeyError(f"{source}: data.tasks must list task names, got {names!r}")
     if len(set(names)) != len(names):
         raise ConfigKeyError(f"{source}: data.tasks lists a task twice: {names}")
-    tasks = _check_tasks(config, source)
-    _check_methods(config, tasks, source)
-    _check_smart(config, source)
-
-
-def _check_tasks(config: RunConfig, source: str) -> dict:
-    from minbert.tasks import BUILTIN, build_task  # the task registry answers for its kinds
-    # a table for a task outside the run is a typo, unless it is a built-in task that an
-    # inherited config set up and this run leaves out (data.tasks = ["sst"])
-    extra = sorted(set(config.tasks) - set(config.data.tasks) - set(BUILTIN))
-    if extra:
-        raise ConfigKeyError(f"{source}: [tasks.{extra[0]}] configures a task that is not in "
-                             f"data.tasks {config.data.tasks}; add it there or remove the "
-                             "table")
-    try:
-        return {name: build_task(name, dict(config.tasks.get(name, {})))
-                for name in config.data.tasks}
-    except ValueError as e:
-        raise ConfigKeyError(f"{source}: {e}") from None
-
-
-def _check_methods(config: RunConfig, tasks: dict, source: str) -> None:
-    """Builds each method the run names from its registry: name and options checked by
-    the method's own constructor."""
-    from minbert.combiners import make_combiner
-    from minbert.regularizers import REGULARIZERS
-    from minbert.samplers import make_sampler
-    cfg = config.train
     if "smart" in config.regularizers:
         raise ConfigKeyError(f"{source}: SMART is configured in [smart] (enabled = true), "
                              "not in [regularizers.smart]")
-    try:
-        make_sampler(cfg.sampler, cfg.temperature)
-        make_combiner(cfg.combiner, seed=cfg.seed, tasks=tasks, **cfg.combiner_options)
-        for name, options in config.regularizers.items():
-            REGULARIZERS.build(name, options, f"regularizers.{name}", tasks=tasks,
-                               total_updates=1)
-    except ValueError as e:
-        raise ConfigKeyError(f"{source}: {e}") from None
+    _check_smart(config, source)
 
 
 def _check_smart(config: RunConfig, source: str) -> None:
@@ -440,14 +416,21 @@ def _check_smart(config: RunConfig, source: str) -> None:
     if unknown:
         raise ConfigKeyError(f"{source}: smart.tasks names {unknown}, not in data.tasks "
                              f"{config.data.tasks}")
-    from minbert.tasks import BUILTIN
     for task, changes in smart.overrides.items():
-        if task not in config.data.tasks and task not in BUILTIN:  # as for [tasks] tables
-            raise ConfigKeyError(f"{source}: smart.overrides.{task}: no task {task!r} in "
-                                 f"data.tasks {config.data.tasks}")
         per_task = replace(smart)
         _fill(per_task, changes, f"smart.overrides.{task}", source, SMART_PER_TASK)
         _check_values(per_task, "smart", source, f"smart.overrides.{task}")
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1e-5}} -> {"train.lr": 1e-5}; a [tasks] table stays one value."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "tasks":
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def set_value(values: dict, keys: list[str], value, where: str) -> None:

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from minbert.config import ENCODINGS
 from minbert.tokenizer import pad_batch
 
 csv.field_size_limit(10_000_000)
@@ -203,8 +204,6 @@ class Batch:
 #   cross   a pair as one sequence          [CLS] a [SEP] b [SEP]
 #   bi      a pair, each sentence alone     [CLS] a [SEP], [CLS] b [SEP]
 #   both    cross, then bi                  the three above
-PAIR_ENCODINGS = ("cross", "bi", "both")
-ENCODINGS = {"single": 1, "cross": 1, "bi": 2, "both": 3}  # name: segments per example
 
 
 class EncodedTask:

@@ -1,7 +1,6 @@
-"""Scoring as the CS224N leaderboard does, and its prediction files."""
+"""Scoring as the CS224N leaderboard does: model outputs over a split, per-task metrics and
+the overall score (prediction files are written and read by minbert/runs.py)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,14 +58,6 @@ def evaluate(model, tasks: dict[str, Task], datasets: dict[str, EncodedTask], ba
         metrics[name] = tasks[name].metric(predictions[name], data.examples.labels)
     metrics["overall"] = overall_score(metrics, tasks)
     return metrics, predictions
-
-
-def write_predictions(path: str | Path, task: Task, ids: list[str], predictions) -> None:
-    """The skeleton's format: a header `id \\t Predicted_...`, then `id , prediction` rows."""
-    with open(path, "w", encoding="utf-8") as fp:
-        fp.write(f"id \t {task.prediction_header} \n")
-        for example_id, value in zip(ids, predictions):
-            fp.write(f"{example_id} , {task.format_prediction(value)} \n")
 
 
 def format_table(metrics: dict[str, float], tasks: dict[str, Task], title: str = "dev") -> str:

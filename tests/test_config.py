@@ -5,6 +5,7 @@ import math
 import pytest
 
 from minbert import cli
+from minbert.build import load_plan
 from minbert.config import ConfigKeyError, load_config
 
 
@@ -17,7 +18,7 @@ from minbert.config import ConfigKeyError, load_config
 ])
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigKeyError, match=message):
-        load_config("configs/baseline.toml", [override])
+        load_plan("configs/baseline.toml", [override])
 
 
 def test_configs_inherit_and_flags_override():
@@ -34,13 +35,11 @@ def test_cli_reports_a_bad_option_without_a_traceback(capsys):
 
 @pytest.mark.parametrize("path", sorted(__import__("pathlib").Path("configs").glob("*.toml")))
 def test_every_shipped_config_loads_and_validates(path):
-    config = load_config(path)
-    assert config.run_dir.startswith("runs/")
-    from minbert.regularizers import build_regularizers
-    from minbert.combiners import make_combiner
-    from minbert.runs import build_tasks
-    make_combiner(config.train.combiner, **config.train.combiner_options)
-    build_regularizers(config, build_tasks(config), total_updates=10)
+    plan = load_plan(path, ['train.device="auto"'])  # GPU recipes too, on this machine
+    assert plan.config.run_dir.startswith("runs/")
+    assert list(plan.tasks) == plan.config.data.tasks
+    assert [r.name for r in plan.regularizers] == (
+        ["smart"] * plan.config.smart.enabled + list(plan.config.regularizers))
 
 
 def test_a_declared_task_missing_its_columns_is_named():
@@ -93,7 +92,7 @@ def test_a_declared_task_missing_its_columns_is_named():
 ])
 def test_bad_values_are_refused_when_the_config_is_loaded(override, message):
     with pytest.raises(ConfigKeyError, match=message):
-        load_config("configs/quick.toml", override.split(" "))
+        load_plan("configs/quick.toml", override.split(" "))
 
 
 def test_bad_config_values_fail_in_the_cli_before_any_weights_load(tmp_path, capsys):
@@ -130,7 +129,7 @@ def test_bad_config_files_name_the_file_and_key(tmp_path, text, message):
 
 
 def test_a_run_may_leave_out_a_builtin_task_its_base_config_set_up():
-    config = load_config("configs/quick.toml", ['data.tasks=["sst"]'])  # quick sets quora
+    config = load_plan("configs/quick.toml", ['data.tasks=["sst"]']).config  # quick sets quora
     assert config.data.tasks == ["sst"] and "quora" in config.tasks
 
 

@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
-from minbert.config import ConfigKeyError, build_config
+from minbert import cli
+from minbert.build import checked_config, encode_train
+from minbert.config import ConfigKeyError
+from minbert.loading import build_model
 from minbert.regularizers.distill import Distill
-from minbert.runs import build_model, build_tasks, encode_train
-from minbert.tasks import build_task
+from minbert.tasks import build_task, build_tasks
 from minbert.training import train
 
 from helpers import tiny_config_values, write_task_files
@@ -20,7 +22,7 @@ def teacher(tmp_path_factory, tiny_checkpoint):
     (root / "data").mkdir()
     write_task_files(root / "data")
     values = tiny_config_values(root / "data", tiny_checkpoint, root / "teacher", epochs=1)
-    train(build_config(values))
+    train(checked_config(values))
     return root
 
 
@@ -41,13 +43,13 @@ def test_the_ensemble_target_is_the_mean_prediction():
 
 def test_the_term_is_the_divergence_from_the_teachers_mean(teacher, tiny_checkpoint):
     values = tiny_config_values(teacher / "data", tiny_checkpoint, teacher / "student")
-    config = build_config(values)
+    config = checked_config(values)
     tasks = build_tasks(config)
     student, tokenizer = build_model(config, tasks)
     train_sets, _, _ = encode_train(config, tasks, tokenizer)
     folder = str(teacher / "teacher")
     distill = Distill([folder, folder], weight=0.5, tasks=tasks)
-    from minbert.runs import load_run
+    from minbert.loading import load_run
     reference = load_run(folder).model.eval()
     for name, task in tasks.items():
         batch = train_sets[name].batch(list(range(4)))
@@ -64,14 +66,14 @@ def test_teachers_are_checked(teacher, tiny_checkpoint):
     values = tiny_config_values(teacher / "data", tiny_checkpoint, teacher / "student")
     values["regularizers"] = {"distill": {"teachers": [str(teacher / "nowhere")]}}
     with pytest.raises(ConfigKeyError, match="nowhere"):
-        build_config(values)
+        checked_config(values)
     values["regularizers"] = {"distill": {"teachers": [str(teacher / "teacher")],
                                           "divergence": "l1"}}
     with pytest.raises(ConfigKeyError, match="divergence"):
-        build_config(values)
+        checked_config(values)
     values["regularizers"] = {"distill": {"teachers": [str(teacher / "teacher")]}}
     values["model"]["pair_encoding"] = "bi"  # the teacher cross-encodes its pairs
-    config = build_config(values)
+    config = checked_config(values)
     tasks = build_tasks(config)
     student, tokenizer = build_model(config, tasks)
     train_sets, _, _ = encode_train(config, tasks, tokenizer)
@@ -86,5 +88,35 @@ def test_a_student_trains_with_its_teachers(teacher, tiny_checkpoint):
     values = tiny_config_values(teacher / "data", tiny_checkpoint, teacher / "student2")
     values["regularizers"] = {"distill": {"teachers": [str(teacher / "teacher")] * 2,
                                           "weight": 1.0}}
-    metrics = train(build_config(values))
+    metrics = train(checked_config(values))
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.slow
+def test_a_finished_student_is_read_without_its_teachers_or_its_tuner(
+        tmp_path, tiny_checkpoint, capsys):
+    """Reading a run needs only its files: its teachers may be gone and its config may hold
+    a study's [tune] table; compare and report still read it."""
+    import shutil
+    (tmp_path / "data").mkdir()
+    write_task_files(tmp_path / "data")
+    values = tiny_config_values(tmp_path / "data", tiny_checkpoint, tmp_path / "teacher",
+                                epochs=1)
+    train(checked_config(values))
+    values.update(run_dir=str(tmp_path / "student"),
+                  regularizers={"distill": {"teachers": [str(tmp_path / "teacher")]}},
+                  tune={"trials": 2, "space": {"train.lr": {"log_uniform": [1e-4, 1e-2]}}})
+    train(checked_config(values))
+    plain = tiny_config_values(tmp_path / "data", tiny_checkpoint, tmp_path / "plain",
+                               epochs=1, seed=1)
+    train(checked_config(plain))
+    shutil.rmtree(tmp_path / "teacher")
+    with pytest.raises(ConfigKeyError, match="teachers"):  # training it again would need them
+        checked_config(values)
+    capsys.readouterr()
+    student, other = str(tmp_path / "student"), str(tmp_path / "plain")
+    assert cli.main(["compare", student, other]) == 0
+    assert "overall" in capsys.readouterr().out
+    assert cli.main(["report", student, other, "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "student" / "analysis.json").is_file()
+

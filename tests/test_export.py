@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from minbert import cli
-from minbert.config import build_config
-from minbert.runs import load_run
+from minbert.build import checked_config
+from minbert.loading import load_run
 from minbert.training import train
 
 from helpers import tiny_config_values, write_task_files
@@ -19,7 +19,7 @@ def run(tmp_path_factory, tiny_checkpoint):
                                 epochs=1)
     values["tasks"]["sts"]["pair_encoding"] = "bi"  # a two-segment graph too
     values["tasks"]["quora"]["pair_encoding"] = "both"  # and a three-segment one
-    train(build_config(values))
+    train(checked_config(values))
     return root / "run"
 
 

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-import minbert.runs as runs
-from minbert.config import build_config
+import minbert.devices as devices
+from minbert.build import checked_config, encode_split
+from minbert.devices import resolve_precision
 from minbert.evaluation import predict
-from minbert.runs import resolve_precision
+from minbert.loading import build_model
+from minbert.tasks import build_tasks
 
 from helpers import tiny_config_values, write_task_files
 
@@ -22,7 +24,7 @@ CPU = torch.device("cpu")
     (set(), None),                # no /proc/cpuinfo (macOS) or no flags line
 ])
 def test_auto_follows_the_cpus_bf16_support(monkeypatch, flags, expected):
-    monkeypatch.setattr(runs, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: flags)
     dtype, why = resolve_precision("auto", CPU)
     assert dtype == expected
     assert why.startswith("bf16" if expected else "fp32") and "auto" in why
@@ -35,9 +37,9 @@ def test_auto_on_cuda_asks_the_gpu(monkeypatch):
 
 
 def test_explicit_precisions_are_kept(monkeypatch):
-    monkeypatch.setattr(runs, "_cpu_flags", lambda: set())
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: set())
     assert resolve_precision("bf16", CPU)[0] == torch.bfloat16  # asked for, even if slow
-    monkeypatch.setattr(runs, "_cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx512_bf16"})
     assert resolve_precision("fp32", CPU) == (None, "fp32 (asked for)")
 
 
@@ -46,10 +48,10 @@ def tiny_run(tmp_path, tiny_checkpoint):
     (tmp_path / "data").mkdir()
     values = tiny_config_values(write_task_files(tmp_path / "data", repeat=4), tiny_checkpoint,
                                 tmp_path / "run", epochs=1)
-    config = build_config(values)
-    tasks = runs.build_tasks(config)
-    model, tokenizer = runs.build_model(config, tasks)
-    return config, tasks, model.eval(), runs.encode_split(config, tasks, tokenizer, "dev")
+    config = checked_config(values)
+    tasks = build_tasks(config)
+    model, tokenizer = build_model(config, tasks)
+    return config, tasks, model.eval(), encode_split(config, tasks, tokenizer, "dev")
 
 
 def test_bf16_predictions_match_fp32_on_a_tiny_model(tiny_run):
@@ -75,11 +77,11 @@ def test_bf16_predictions_match_fp32_on_a_tiny_model(tiny_run):
 def test_the_log_and_console_say_which_precision_and_why(tmp_path, tiny_checkpoint, capsys,
                                                          monkeypatch):
     from minbert.training import train
-    monkeypatch.setattr(runs, "_cpu_flags", lambda: set())
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: set())
     (tmp_path / "data").mkdir()
     values = tiny_config_values(write_task_files(tmp_path / "data"), tiny_checkpoint,
                                 tmp_path / "run", epochs=1, precision="auto", device="cpu")
-    train(build_config(values))
+    train(checked_config(values))
     start = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
     why = "fp32 (auto: the CPU has neither avx512_bf16 nor amx_bf16)"
     assert start["type"] == "start" and start["precision"] == why

@@ -9,7 +9,7 @@ import torch
 
 import minbert
 from minbert import cli
-from minbert.config import build_config
+from minbert.build import checked_config
 from minbert.predictor import PredictError
 from minbert.training import train
 
@@ -26,14 +26,15 @@ def trained(tmp_path_factory, tiny_checkpoint):
     for seed in (0, 1):
         values = tiny_config_values(root / "data", tiny_checkpoint, root / f"run{seed}",
                                     epochs=1, seed=seed)
-        train(build_config(values))
+        train(checked_config(values))
         folders.append(root / f"run{seed}")
     return folders
 
 
 def test_api_predictions_on_dev_equal_the_training_evaluation(trained):
     from minbert.evaluation import evaluate
-    from minbert.runs import encode_split, load_run
+    from minbert.build import encode_split
+    from minbert.loading import load_run
     run = load_run(trained[0])
     dev = encode_split(run.config, run.tasks, run.tokenizer, "dev")
     _, expected = evaluate(run.model, run.tasks, dev, 8, torch.device("cpu"))
@@ -81,7 +82,7 @@ def test_an_ensemble_of_runs_with_other_tasks_is_refused(trained, tmp_path, tiny
                                 tmp_path / "sst-only", epochs=1)
     values["data"]["tasks"] = ["sst"]
     values["tasks"] = {"sst": values["tasks"]["sst"]}
-    train(build_config(values))
+    train(checked_config(values))
     with pytest.raises(PredictError, match=r"has tasks \['sst'\].*the same tasks"):
         minbert.load([trained[0], tmp_path / "sst-only"])
 

@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from minbert import BertModel, cli
-from minbert.config import build_config
+from minbert.build import checked_config
 from minbert.data import DataError
-from minbert.pretraining import IGNORE, MaskedLMHead, mask_tokens, pretrain
+from minbert.mlm import IGNORE, MaskedLMHead, mask_tokens, pretrain
 from minbert.runs import RunError
 
 from helpers import tiny_config_values, write_task_files
@@ -74,7 +74,7 @@ def test_pretraining_writes_a_folder_that_finetuning_and_transformers_load(tmp_p
                                                                            tiny_checkpoint):
     transformers = pytest.importorskip("transformers")
     values = pretrain_values(tmp_path, tiny_checkpoint, epochs=30, lr=3e-3)
-    out = pretrain(build_config(values))
+    out = pretrain(checked_config(values))
     assert out == tmp_path / "pre" / "model"
     records = [json.loads(x) for x in (tmp_path / "pre" / "log.jsonl").read_text().splitlines()]
     start = records[0]
@@ -103,18 +103,19 @@ def test_pretraining_writes_a_folder_that_finetuning_and_transformers_load(tmp_p
     import copy
     finetune = copy.deepcopy(values)
     finetune["model"]["checkpoint"] = str(out)
-    from minbert.runs import build_model, build_tasks
-    config = build_config(finetune)
+    from minbert.loading import build_model
+    from minbert.tasks import build_tasks
+    config = checked_config(finetune)
     model, _ = build_model(config, build_tasks(config))
     assert torch.equal(model.encoder.embeddings.word_embeddings.weight,
                        ours.embeddings.word_embeddings.weight)
     with pytest.raises(RunError, match="set pretrain.checkpoint"):
         pretrain(config)  # from its own output: it says what to set
     # the same command again: finished, nothing redone; other settings: refused
-    assert pretrain(build_config(values)) == out
+    assert pretrain(checked_config(values)) == out
     values["pretrain"]["lr"] = 5e-4
     with pytest.raises(RunError, match="pretrain.lr"):
-        pretrain(build_config(values))
+        pretrain(checked_config(values))
 
 
 @pytest.mark.slow
@@ -122,11 +123,11 @@ def test_a_stopped_pretraining_resumes_to_the_same_weights(tmp_path, tiny_checkp
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     whole = pretrain_values(tmp_path / "a", tiny_checkpoint, checkpoint_every=2)
-    pretrain(build_config(whole))
+    pretrain(checked_config(whole))
     parts = pretrain_values(tmp_path / "b", tiny_checkpoint, checkpoint_every=2, max_steps=3)
-    assert pretrain(build_config(parts)) == tmp_path / "b" / "pre"  # stopped after 3 steps
+    assert pretrain(checked_config(parts)) == tmp_path / "b" / "pre"  # stopped after 3 steps
     parts["pretrain"]["max_steps"] = 0  # a resumable change
-    assert pretrain(build_config(parts)) == tmp_path / "b" / "pre" / "model"
+    assert pretrain(checked_config(parts)) == tmp_path / "b" / "pre" / "model"
     a = load_file(str(tmp_path / "a" / "pre" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "pre" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -135,11 +136,11 @@ def test_a_stopped_pretraining_resumes_to_the_same_weights(tmp_path, tiny_checkp
 
 
 def test_a_missing_test_file_is_left_out_with_a_warning(tmp_path, tiny_checkpoint):
-    from minbert.pretraining import read_texts
+    from minbert.mlm import read_texts
     values = pretrain_values(tmp_path, tiny_checkpoint)
     values["tasks"]["quora"]["test_file"] = "quora-test-student.csv"  # not in this copy
     with pytest.warns(UserWarning, match="quora-test-student.csv not found"):
-        texts, counts = read_texts(build_config(values))
+        texts, counts = read_texts(checked_config(values))
     assert "quora-test" not in counts and counts["sst-test"] == 0 and texts
 
 
@@ -147,13 +148,13 @@ def test_bad_text_files_are_named(tmp_path, tiny_checkpoint, capsys):
     values = pretrain_values(tmp_path, tiny_checkpoint, task_splits=[],
                              text_files=["missing.txt"])
     with pytest.raises(DataError, match="missing.txt: no such file"):
-        pretrain(build_config(values))
+        pretrain(checked_config(values))
     (tmp_path / "data" / "bad.txt").write_bytes(b"a fine line\nbad \xff byte\n")
     values["pretrain"]["text_files"] = ["bad.txt"]
     with pytest.raises(DataError, match=r"bad.txt, line 2: not UTF-8"):
-        pretrain(build_config(values), overwrite=True)
+        pretrain(checked_config(values), overwrite=True)
     with pytest.raises(Exception, match="pretrain.task_splits"):
-        build_config(pretrain_values(tmp_path, tiny_checkpoint, task_splits=["val"]))
+        checked_config(pretrain_values(tmp_path, tiny_checkpoint, task_splits=["val"]))
     config = tmp_path / "c.toml"
     config.write_text('[pretrain]\nmask_prob = 1.5\n')
     assert cli.main(["pretrain", "--config", str(config)]) == 2

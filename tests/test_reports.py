@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from minbert import cli
-from minbert.config import build_config
-from minbert.reports import (ReportError, error_bands, load_run_outputs, near_misses,
-                             write_report)
+from minbert.build import checked_config
+from minbert.analyses import error_bands, near_misses, per_class
+from minbert.reports import write_report
+from minbert.runs import RunError
+from minbert.runs import read_outputs as load_run_outputs
 from minbert.training import train
 
 from helpers import tiny_config_values, write_task_files
@@ -23,7 +25,7 @@ def runs(tmp_path_factory, tiny_checkpoint):
     for name, encoding in (("cross", "cross"), ("bi", "bi")):
         values = tiny_config_values(data, tiny_checkpoint, root / name, epochs=3)
         values["model"]["pair_encoding"] = encoding
-        train(build_config(values))
+        train(checked_config(values))
         folders.append(root / name)
     return folders
 
@@ -45,7 +47,6 @@ def test_report_metrics_agree_with_the_runs_predictions(runs, tmp_path):
 
 
 def test_per_class_scores_on_a_worked_example():
-    from minbert.reports import per_class
     labels = np.array([0, 0, 1, 1, 2])
     predictions = np.array([0, 1, 1, 1, 0])
     result = per_class(labels, predictions, 3)
@@ -111,10 +112,10 @@ def test_a_run_without_its_log_or_predictions_names_what_is_missing(runs, tmp_pa
     broken = tmp_path / "broken"
     shutil.copytree(runs[0], broken)
     (broken / "predictions" / "sts-dev-output.csv").unlink()
-    with pytest.raises(ReportError, match="sts-dev-output.csv"):
+    with pytest.raises(RunError, match="sts-dev-output.csv"):
         load_run_outputs(broken)
     (broken / "log.jsonl").unlink()
-    with pytest.raises(ReportError, match="missing log.jsonl"):
+    with pytest.raises(RunError, match="missing log.jsonl"):
         load_run_outputs(broken)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from minbert.config import build_config
+from minbert.build import checked_config
 from minbert.training import train
 
 from helpers import tiny_config_values, weights_equal, write_task_files
@@ -26,7 +26,7 @@ RUNNER = textwrap.dedent("""
     from pathlib import Path
     import torch
     import minbert.training as training
-    from minbert.config import build_config
+    from minbert.build import checked_config
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
@@ -57,7 +57,7 @@ RUNNER = textwrap.dedent("""
             return evaluate(*args, **kwargs)
         training.evaluate = evaluating
     with open(sys.argv[1]) as fp:
-        training.train(build_config(json.load(fp)))
+        training.train(checked_config(json.load(fp)))
 """)
 
 
@@ -102,7 +102,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights_and_metrics(
         v["smart"] = {"enabled": True}
         return v
 
-    train(build_config(config("whole")))
+    train(checked_config(config("whole")))
     values = config("killed")
 
     killed = run_process(runner, values, tmp_path, kill=kill)
@@ -146,7 +146,7 @@ def test_two_gloo_processes_match_one_process_over_the_combined_batches(
         v["data"]["batch_size"] = batch_size
         return v
 
-    train(build_config(values("single")))
+    train(checked_config(values("single")))
     result = run_process(runner, values("ddp"), tmp_path, nproc=2)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     single, single_epochs = final_state(tmp_path / "single")
@@ -171,7 +171,7 @@ def test_compile_option_trains(task_dir, tiny_checkpoint, tmp_path):
     # a C++ toolchain; inductor is the default for users
     values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", epochs=1,
                                 compile=True, compile_backend="eager")
-    metrics = train(build_config(values))
+    metrics = train(checked_config(values))
     assert set(metrics) == {"sst", "quora", "sts", "overall"}
     state = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["model"]
     assert not any("_orig_mod" in key for key in state)  # loadable without compile

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from minbert import cli
-from minbert.config import build_config
+from minbert.build import checked_config
 from minbert.runs import RunError, RunFolder, load_state
 from minbert.training import train
 
@@ -33,7 +33,7 @@ def finished_run(tmp_path_factory, tiny_checkpoint):
     (root / "data").mkdir()
     write_task_files(root / "data")
     values = tiny_config_values(root / "data", tiny_checkpoint, root / "run", epochs=1)
-    train(build_config(values))
+    train(checked_config(values))
     return root / "run", values
 
 
@@ -61,7 +61,7 @@ def test_a_crafted_best_pt_never_runs_code(run_copy, tmp_path, capsys, command):
     torch.save({"model": CodeOnLoad(marker), "metrics": {}}, run / "best.pt")
     if command == "train":  # a finished run reads best.pt for its metrics
         with pytest.raises(RunError, match="best.pt: refused to load") as error:
-            train(build_config(values))
+            train(checked_config(values))
         err = str(error.value)
     else:
         args = [command, str(run)] + ([str(tmp_path / "export")] if command == "export" else [])
@@ -75,7 +75,7 @@ def test_a_crafted_checkpoint_pt_never_runs_code(run_copy, tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"model": CodeOnLoad(marker), "config": values}, run / "checkpoint.pt")
     with pytest.raises(RunError, match="checkpoint.pt: refused to load"):
-        train(build_config(values))
+        train(checked_config(values))
     assert not marker.exists()
 
 
@@ -90,7 +90,7 @@ def test_a_truncated_or_foreign_checkpoint_is_named(run_copy, content, message):
     else:
         (run / "checkpoint.pt").write_bytes(content)
     with pytest.raises(RunError, match=message) as error:
-        train(build_config(values))
+        train(checked_config(values))
     assert str(run / "checkpoint.pt") in str(error.value)
 
 
@@ -110,7 +110,7 @@ def test_a_finished_run_without_its_checkpoint_is_not_overwritten(run_copy, caps
     before = {name: (run / name).read_bytes() for name in ("config.json", "log.jsonl",
                                                            "best.pt")}
     with pytest.raises(RunError, match="already holds a run .* --overwrite"):
-        train(build_config(values))
+        train(checked_config(values))
     assert before == {name: (run / name).read_bytes() for name in before}
 
 
@@ -120,7 +120,7 @@ def test_a_finished_run_logs_its_final_record_once(run_copy):
     final = RunFolder(run).final_record()
     best = load_state(run / "best.pt", ("metrics",))
     assert final["dev"] == best["metrics"] and final["selected_epoch"] == best["epoch"] == 1
-    assert train(build_config(values)) == best["metrics"]  # finished: resumed, nothing to do
+    assert train(checked_config(values)) == best["metrics"]  # finished: resumed, nothing to do
     assert (run / "log.jsonl").read_text().count('"type": "final"') == 1
 
 
@@ -132,12 +132,12 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(run_copy):
     shutil.rmtree(run / "predictions")
     log = run / "log.jsonl"
     log.write_text(log.read_text().splitlines(True)[0])
-    train(build_config(values))
+    train(checked_config(values))
     records = [json.loads(line)["type"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert records.count("start") == 1 and (run / "best.pt").exists()
     values = {**values, "train": {**values["train"], "lr": 5e-4}}
     with pytest.raises(RunError, match="holds a run of a different config"):
-        train(build_config(values))  # a different run is never restarted over it
+        train(checked_config(values))  # a different run is never restarted over it
 
 
 def test_overwrite_replaces_the_run_on_purpose(run_copy, tmp_path):
@@ -145,7 +145,7 @@ def test_overwrite_replaces_the_run_on_purpose(run_copy, tmp_path):
     (run / "checkpoint.pt").unlink()
     (run / "notes.txt").write_text("mine")
     values = {**values, "train": {**values["train"], "lr": 5e-4}}  # another config, too
-    train(build_config(values), overwrite=True)
+    train(checked_config(values), overwrite=True)
     starts = [line for line in (run / "log.jsonl").read_text().splitlines()
               if '"type": "start"' in line]
     assert len(starts) == 1
@@ -160,11 +160,11 @@ def test_predict_on_a_folder_that_is_not_a_run_creates_nothing(tmp_path, capsys)
 
 def test_unwritable_outputs_are_found_before_the_model_loads(run_copy, capsys, monkeypatch):
     run, _ = run_copy
-    import minbert.runs
+    import minbert.loading
 
     def must_not_load(*args):
         raise AssertionError("the model was loaded before the output was checked")
-    monkeypatch.setattr(minbert.runs, "load_run", must_not_load)
+    monkeypatch.setattr(minbert.loading, "load_run", must_not_load)
     (run / "a-file").write_text("x")
     err = cli_error(["predict", str(run), "--out", str(run / "a-file" / "out")], capsys)
     assert "cannot create the output folder" in err
@@ -182,7 +182,7 @@ def test_a_second_process_is_refused_naming_the_first(tmp_path, run_copy):
     holder.lock()  # a separate open file: flock treats it as another owner
     try:
         with pytest.raises(RunError, match=rf"in use by PID {os.getpid()} on"):
-            train(build_config(values))
+            train(checked_config(values))
     finally:
         holder.unlock()
     assert (run / "run.lock").read_text() == ""  # released cleanly
@@ -192,7 +192,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_and_reported(run_copy, cap
     run, values = run_copy
     (run / "run.lock").write_text("PID 999999 on elsewhere\n")  # written, never released
     (run / "checkpoint.pt.999999.tmp").write_bytes(b"half a checkpoint")
-    train(build_config(values))  # the run is finished: it only reads its best metrics
+    train(checked_config(values))  # the run is finished: it only reads its best metrics
     assert "taking over" in capsys.readouterr().err
     assert not list(run.glob("*.tmp"))
 
@@ -227,11 +227,11 @@ def test_the_lock_is_released_when_its_process_is_killed(tmp_path):
 
 # ---------------------------------------------------------------------- seeds
 def test_seeds_train_one_run_each_and_summarise_them(tmp_path, tiny_checkpoint, capsys):
-    from minbert.training import train_seeds
+    from minbert.seeds import train_seeds
     (tmp_path / "data").mkdir()
     values = tiny_config_values(write_task_files(tmp_path / "data"), tiny_checkpoint,
                                 tmp_path / "runs", epochs=1)
-    config = build_config(values)
+    config = checked_config(values)
     first = train_seeds(config, [0])
     assert set(first["runs"]) == {"0"} and first["summary"]["overall"]["n"] == 1
     strict = json.loads((tmp_path / "runs" / "seeds.json").read_text(),
@@ -254,7 +254,7 @@ def test_seeds_train_one_run_each_and_summarise_them(tmp_path, tiny_checkpoint, 
 
 
 def test_the_interval_of_the_mean_is_students_t():
-    from minbert.compare import mean_interval
+    from minbert.stats import mean_interval
     result = mean_interval([0.70, 0.72, 0.74])
     # mean 0.72, s = 0.02, t(0.975, 2) = 4.303: half-width 4.303 · 0.02 / √3
     assert result["mean"] == pytest.approx(0.72) and result["std"] == pytest.approx(0.02)
@@ -273,11 +273,11 @@ def test_bad_seeds_are_refused_before_any_work(tmp_path, capsys):
 
 def test_a_setting_added_since_a_run_started_counts_at_its_default():
     from minbert.runs import config_changes
-    config = build_config({})
+    config = checked_config({})
     saved = config.to_dict()
     del saved["data"]["validation"]  # written by a version without the setting
     assert config_changes(saved, config) == []
-    changed = build_config({"data": {"validation": 0.1}})
+    changed = checked_config({"data": {"validation": 0.1}})
     assert config_changes(saved, changed) == ["data.validation: 0.0 -> 0.1"]
 
 
@@ -287,7 +287,7 @@ def test_finished_seeds_without_checkpoints_are_read_not_retrained_or_cleared(
     runs them) and shared without their .pt files still summarise and compare."""
     from dataclasses import replace
 
-    from minbert import training
+    from minbert import seeds
     data = tmp_path / "data"
     data.mkdir()
     write_task_files(data, repeat=3)
@@ -296,9 +296,9 @@ def test_finished_seeds_without_checkpoints_are_read_not_retrained_or_cleared(
         values = tiny_config_values(data, tiny_checkpoint, tmp_path / name, epochs=1)
         values["data"]["validation"] = 0.2
         values["train"]["lr"] = 1e-3 if name == "a" else 3e-4
-        configs[name] = build_config(values)
+        configs[name] = checked_config(values)
         for seed in (0, 1):
-            training.train_seeds(configs[name], [seed])
+            seeds.train_seeds(configs[name], [seed])
         (tmp_path / name / "seeds.json").unlink()  # each process wrote its own one-seed file
     capsys.readouterr()
     assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
@@ -312,12 +312,12 @@ def test_finished_seeds_without_checkpoints_are_read_not_retrained_or_cleared(
         folder.checkpoint.unlink()
         folder.best.unlink()
     logs = {p: p.read_text() for p in (tmp_path / "a").glob("seed-*/log.jsonl")}
-    monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("retrained a seed"))
-    result = training.train_seeds(configs["a"], [0, 1])
+    monkeypatch.setattr(seeds, "train", lambda *a, **k: pytest.fail("retrained a seed"))
+    result = seeds.train_seeds(configs["a"], [0, 1])
     assert result["runs"] == finals and result["summary"]["overall"]["n"] == 2
     assert {p: p.read_text() for p in logs} == logs
     with pytest.raises(RunError, match=r"finished run of a different config \(train.lr"):
-        training.train_seeds(replace(configs["a"], train=replace(configs["a"].train, lr=0.1)),
+        seeds.train_seeds(replace(configs["a"], train=replace(configs["a"].train, lr=0.1)),
                              [0])
     monkeypatch.undo()
     # `minbert train` on one of them refuses: the results are kept, not cleared

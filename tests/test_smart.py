@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from minbert import BertModel
-from minbert.config import SmartConfig, build_config
+from minbert.config import SmartConfig
+from minbert.build import checked_config
 from minbert.data import EncodedTask, Examples
 from minbert.multitask import MultiTaskModel
 from minbert.regularizers.smart import Smart, ascent_step
@@ -15,6 +16,12 @@ from minbert.tasks import build_task
 from minbert.tokenizer import Tokenizer
 
 from helpers import QUESTIONS, SIMILAR
+
+
+def _started(smart, total_updates):
+    """A SMART regulariser as a run of `total_updates` updates starts it."""
+    smart.start(total_updates)
+    return smart
 
 
 @pytest.fixture
@@ -106,7 +113,7 @@ def test_regression_squared_divergence_is_on_the_unit_scale():
 
 def test_teacher_follows_the_momentum_rule(setup):
     model, tasks, batch, _ = setup
-    smart = Smart(SmartConfig(adversarial_weight=0.0), total_updates=100)
+    smart = _started(Smart(SmartConfig(adversarial_weight=0.0)), 100)
     logits = model(batch)
     smart(model, tasks["sts"], batch, logits)  # makes the teacher: a copy of θ0
     teacher_before = [p.clone() for p in smart.teacher.parameters()]
@@ -169,14 +176,14 @@ def test_dropout_off_option_makes_the_adversarial_passes_deterministic(setup):
 
 def test_teacher_state_survives_a_resume(setup):
     model, tasks, batch, _ = setup
-    smart = Smart(SmartConfig(adversarial_weight=0.0), total_updates=10)
+    smart = _started(Smart(SmartConfig(adversarial_weight=0.0)), 10)
     smart(model, tasks["sts"], batch, model(batch))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1.1)
     smart.after_step(model)
     state = smart.state_dict()
-    restored = Smart(SmartConfig(adversarial_weight=0.0), total_updates=10)
+    restored = _started(Smart(SmartConfig(adversarial_weight=0.0)), 10)
     restored.load_state_dict(state)
     restored(model, tasks["sts"], batch, model(batch))  # builds the teacher, then loads it
     assert restored.updates == 1
@@ -187,13 +194,13 @@ def test_teacher_state_survives_a_resume(setup):
 def test_smart_is_built_from_config_with_per_task_overrides():
     config = SmartConfig(enabled=True, inner_divergence="kl", final_divergence="sym-kl",
                          overrides={"sts": {"adversarial_weight": 5.0}})
-    smart = Smart(config, total_updates=10)
+    smart = _started(Smart(config), 10)
     assert smart.per_task["sts"].adversarial_weight == 5.0
     assert smart.per_task["sts"].inner_divergence == "kl"
     assert smart.settings.divergence("final", build_task("sts", {})) == "sym-kl"
     assert SmartConfig().divergence("final", build_task("sts", {})) == "squared"
     with pytest.raises(ValueError, match="smart.overrides.sts"):
-        build_config({"smart": {"overrides": {"sts": {"lambda": 1}}}})
+        checked_config({"smart": {"overrides": {"sts": {"lambda": 1}}}})
 
 
 def test_adversarial_term_is_computed_in_full_precision(setup):

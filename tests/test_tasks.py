@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from minbert.evaluation import overall_score, write_predictions
+from minbert.evaluation import overall_score
+from minbert.runs import write_prediction_file as write_predictions
 from minbert.tasks import build_task
 
 

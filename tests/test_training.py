@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minbert import cli
-from minbert.config import build_config
+from minbert.build import checked_config
 from minbert.runs import RunError
 from minbert.tokenizer import Tokenizer
 from minbert.training import TrainingError, train
@@ -28,7 +28,7 @@ def test_tiny_model_overfits_a_handful_of_examples_per_task(task_dir, tiny_check
     values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", epochs=40,
                                 lr=2e-3, head_lr=5e-3, sampler="round-robin")
     values["model"].update(pair_encoding=pair_encoding, head_dropout=0.0)
-    metrics = train(build_config(values))
+    metrics = train(checked_config(values))
     assert metrics["sst"] == 1.0
     assert metrics["quora"] == 1.0
     assert metrics["sts"] > 0.9
@@ -43,12 +43,12 @@ def _final_weights(run_dir):
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
         task_dir, tiny_checkpoint, tmp_path, sampler):
     common = dict(epochs=3, sampler=sampler, checkpoint_every=1)
-    train(build_config(tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "a", **common)))
+    train(checked_config(tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "a", **common)))
     interrupted = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "b", max_steps=4,
                                      **common)
-    assert train(build_config(interrupted)) == {"stopped_at_update": 4}
+    assert train(checked_config(interrupted)) == {"stopped_at_update": 4}
     assert not weights_equal(_final_weights(tmp_path / "a"), _final_weights(tmp_path / "b"))
-    train(build_config(tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "b", **common)))
+    train(checked_config(tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "b", **common)))
     assert weights_equal(_final_weights(tmp_path / "a"), _final_weights(tmp_path / "b"))
 
     def epochs(run):
@@ -59,17 +59,17 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(
 
 def test_resuming_with_a_different_config_is_refused_by_key(task_dir, tiny_checkpoint, tmp_path):
     values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", max_steps=1)
-    train(build_config(values))
+    train(checked_config(values))
     values["train"]["lr"] = 5e-4
     with pytest.raises(RunError, match=r"train.lr: 0.001 -> 0.0005"):
-        train(build_config(values))
+        train(checked_config(values))
 
 
 def test_a_nan_loss_stops_with_a_clear_message(task_dir, tiny_checkpoint, tmp_path):
     values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", lr=1e30,
                                 clip_norm=0.0)
     with pytest.raises(TrainingError, match="loss is"):
-        train(build_config(values))
+        train(checked_config(values))
 
 
 @pytest.mark.slow
@@ -103,7 +103,7 @@ def test_surgery_with_smart_trains_and_its_teacher_is_checkpointed(task_dir, tin
     values["model"].update(head_dropout=0.0)
     values["train"]["precision"] = precision  # bf16: autocast, SMART's passes stay fp32
     values["smart"] = {"enabled": True, "inner_divergence": "kl", "final_divergence": "sym-kl"}
-    metrics = train(build_config(values))
+    metrics = train(checked_config(values))
     assert metrics["overall"] > 0.9  # chance is about 0.45
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["regularizers"][0]["teacher"] is not None
@@ -116,7 +116,7 @@ def test_cheap_smart_settings_and_famo_train_through_the_trainer(task_dir, tiny_
                                 combiner="famo")
     values["smart"] = {"enabled": True, "adversarial_share": 0.5, "adversarial_every": 2,
                        "overrides": {"sts": {"adversarial_steps": 0}}}
-    metrics = train(build_config(values))
+    metrics = train(checked_config(values))
     assert all(math.isfinite(v) for v in metrics.values())
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert sum(state["regularizers"][0]["calls"].values()) == 3 * state["updates"]
@@ -132,7 +132,7 @@ def test_a_task_declared_in_the_config_trains_without_code(task_dir, tiny_checkp
         "label_column": "sentiment", "train_files": ["sst-train.csv"],
         "dev_file": "sst-dev.csv"}}
     values["data"]["tasks"] = ["polarity"]
-    metrics = train(build_config(values))
+    metrics = train(checked_config(values))
     assert set(metrics) == {"polarity", "overall"} and metrics["polarity"] == 1.0
 
 
@@ -233,15 +233,15 @@ def test_a_pooling_that_cannot_work_is_refused_by_name(tiny_checkpoint, settings
 
 def test_layer_decay_gives_each_encoder_layer_its_learning_rate(task_dir, tiny_checkpoint,
                                                                 tmp_path):
-    from minbert.runs import build_model, build_tasks, encode_train
+    from minbert.build import build_plan, encode_train
+    from minbert.loading import build_model
     from minbert.training import Trainer
     values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", lr=1e-3,
                                 head_lr=1e-2, layer_decay=0.5)
-    config = build_config(values)
-    tasks = build_tasks(config)
-    model, tokenizer = build_model(config, tasks)
-    train_sets, _, _ = encode_train(config, tasks, tokenizer)
-    trainer = Trainer(config, tasks, model, train_sets, {})
+    plan = build_plan(checked_config(values))
+    model, tokenizer = build_model(plan.config, plan.tasks)
+    train_sets, _, _ = encode_train(plan.config, plan.tasks, tokenizer)
+    trainer = Trainer(plan, model, train_sets, {})
     lr_of = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
     decay_of = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups
                 for p in g["params"]}
@@ -259,7 +259,7 @@ def test_layer_decay_gives_each_encoder_layer_its_learning_rate(task_dir, tiny_c
 def test_averaging_the_last_epochs_adds_their_mean_as_a_candidate(task_dir, tiny_checkpoint,
                                                                   tmp_path):
     values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "a", average_last=2)
-    train(build_config(values))
+    train(checked_config(values))
     records = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     average = [r for r in records if r["type"] == "average"]
     assert len(average) == 1 and average[0]["epochs"] == [1, 2]
@@ -267,7 +267,7 @@ def test_averaging_the_last_epochs_adds_their_mean_as_a_candidate(task_dir, tiny
     steps = next(r for r in records if r["type"] == "start")["steps_per_epoch"]
     values["run_dir"] = str(tmp_path / "b")
     values["train"]["max_steps"] = steps  # stops at the end of epoch 1's training
-    train(build_config(values))
+    train(checked_config(values))
     last = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     first = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     for key, mean in last["average"].items():
@@ -281,5 +281,5 @@ def test_averaging_the_last_epochs_adds_their_mean_as_a_candidate(task_dir, tiny
     else:
         assert "averaged_epochs" not in best
     with pytest.raises(Exception, match="train.average_last"):
-        build_config(tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "c",
+        checked_config(tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "c",
                                         average_last=3))

@@ -12,7 +12,7 @@ import pytest
 
 from minbert import cli
 from minbert.config import ConfigKeyError, load_config
-from minbert.tuning import Study, TuneError, parse_tune, to_toml
+from minbert.tuning import Study, TuneError, load_study_config, parse_tune, to_toml
 
 from helpers import tiny_config_values, write_task_files
 
@@ -65,7 +65,7 @@ def test_a_bad_search_space_entry_is_refused_naming_it(tmp_path, tiny_checkpoint
                                                         message):
     config = study_config(tmp_path, tiny_checkpoint, space=entry)
     with pytest.raises(ConfigKeyError, match=message) as e:
-        load_config(config)
+        load_study_config(config)
     assert f'tune.space."{next(iter(entry))}"' in str(e.value)
 
 
@@ -87,7 +87,7 @@ def test_the_objective_needs_a_validation_split(tmp_path, tiny_checkpoint):
 def test_base_values_outside_the_space_are_refused(tmp_path, tiny_checkpoint):
     config = study_config(tmp_path, tiny_checkpoint, start_with_base=True)
     with pytest.raises(ConfigKeyError, match="base value of train.lr, 0.01, is outside"):
-        load_config(config, ["train.lr=1e-2"])
+        load_study_config(config, ["train.lr=1e-2"])
     assert load_config(config).tune["start_with_base"] is True
 
 
@@ -102,7 +102,7 @@ def test_unknown_tune_settings_are_refused(tmp_path, tiny_checkpoint):
                               ("tune.trialz=3", "unknown key tune.trialz"),
                               ("tune.trials=0", "tune.trials must be positive")):
         with pytest.raises(ConfigKeyError, match=message):
-            load_config(study_config(tmp_path, tiny_checkpoint), [override])
+            load_study_config(study_config(tmp_path, tiny_checkpoint), [override])
 
 
 def test_grids_and_integers_parse_to_their_distributions():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from minbert.config import build_config
+from minbert.build import checked_config
 from minbert.tasks import build_task
 from minbert.training import train
 
@@ -76,7 +76,7 @@ def test_with_a_validation_split_the_epoch_is_chosen_on_it_and_dev_scored_once(
     values = tiny_config_values(write_task_files(tmp_path / "data", repeat=5), tiny_checkpoint,
                                 tmp_path / "run", epochs=3)
     values["data"]["validation"] = 0.2
-    dev = train(build_config(values))
+    dev = train(checked_config(values))
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text()
                .splitlines()]
     epochs = [r for r in records if r["type"] == "epoch"]
@@ -88,5 +88,5 @@ def test_with_a_validation_split_the_epoch_is_chosen_on_it_and_dev_scored_once(
     state = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert state["dev"] == dev and state["metrics"] == best["validation"]
     assert (tmp_path / "run" / "predictions" / "sst-dev-output.csv").is_file()
-    assert train(build_config(values)) == dev  # finished: no second scoring
+    assert train(checked_config(values)) == dev  # finished: no second scoring
     assert (tmp_path / "run" / "log.jsonl").read_text().count('"type": "final"') == 1

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from minbert.config import DIVERGENCES
 from minbert.regularizers import REGULARIZERS, Regularizer
-
-DIVERGENCES = ("kl", "sym-kl", "squared")
 
 
 @REGULARIZERS.register
@@ -29,7 +28,8 @@ class Distill(Regularizer):
 
     def __init__(self, teachers: list, weight: float = 1.0, divergence: str = "kl",
                  tasks=None):
-        from minbert.runs import RunError, check_run_folder
+        from minbert.loading import check_run_folder
+        from minbert.runs import RunError
         if not isinstance(teachers, list) or not teachers \
                 or not all(isinstance(t, str) and t for t in teachers):
             raise ValueError(f"regularizers.distill.teachers: a list of run folders, got "
@@ -50,7 +50,7 @@ class Distill(Regularizer):
         self.cache: dict[str, dict[int, torch.Tensor]] = {}
 
     def _load(self, model, device):
-        from minbert.runs import load_run
+        from minbert.loading import load_run
         self.teachers = [load_run(folder) for folder in self.folders]
         for run in self.teachers:
             run.model.to(device).eval()

@@ -93,21 +93,24 @@ def _reduced_precision(device_type: str) -> bool:
 @REGULARIZERS.register
 class Smart(Regularizer):
     """The SMART terms of `settings` (a run's `[smart]` section, per-task overrides
-    included); `total_updates` sets the teacher's warm phase."""
+    included); the run's number of updates (`start`) sets the teacher's warm phase."""
     name = "smart"
 
-    def __init__(self, settings: SmartConfig, total_updates: int = 1, seed: int = 0):
+    def __init__(self, settings: SmartConfig, seed: int = 0):
         self.settings = settings
         self.per_task = {task: settings.for_task(task) for task in settings.overrides}
         self.tasks = set(settings.tasks) if settings.tasks else None
         self.momentum, self.momentum_warm = settings.teacher_momentum, \
             settings.teacher_momentum_warm
-        self.warm_updates = int(settings.teacher_warm_fraction * total_updates)
+        self.warm_updates = 0
         self.updates = 0
         self.calls: dict[str, int] = {}  # batches seen per task (for adversarial_every)
         self.generator = torch.Generator().manual_seed(seed)  # adversarial_share's rows
         self.teacher = None
         self._pending_teacher_state = None
+
+    def start(self, total_updates: int) -> None:
+        self.warm_updates = int(self.settings.teacher_warm_fraction * total_updates)
 
     # ------------------------------------------------------------------ the loss terms
     def __call__(self, model, task, batch, logits):

@@ -63,4 +63,11 @@ def build_task(name: str, spec: dict) -> Task:
     return task
 
 
-__all__ = ["BUILTIN", "KINDS", "ClassificationTask", "RegressionTask", "Task", "build_task"]
+def build_tasks(config) -> dict[str, Task]:
+    """A run config's tasks, in data.tasks order, each from its [tasks.NAME] table."""
+    return {name: build_task(name, dict(config.tasks.get(name, {})))
+            for name in config.data.tasks}
+
+
+__all__ = ["BUILTIN", "KINDS", "ClassificationTask", "RegressionTask", "Task", "build_task",
+           "build_tasks"]

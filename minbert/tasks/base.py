@@ -1,4 +1,7 @@
-"""What every task declares: its inputs, files, outputs, loss, metric and SMART divergence."""
+"""What every task declares: its inputs, files, outputs, loss, metric and SMART divergence,
+and how the rest of the toolkit should treat it (its metric on bootstrap resamples for
+`compare`, an ensemble's prediction for the predictor, its report analyses and the range
+of its values for figures), so that a new task kind is one module."""
 from __future__ import annotations
 
 import math
@@ -9,15 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minbert.data import (PAIR_ENCODINGS, Examples, held_out_mask, read_examples,
-                          subsample_indices)
+from minbert.config import PAIR_ENCODINGS, POOLINGS
+from minbert.data import Examples, held_out_mask, read_examples, subsample_indices
 from minbert.registry import Registry
 
 # task kinds by their `kind`; a kind's options are its dataclass fields
 KINDS = Registry("task kind", "tasks.NAME.kind", attribute="kind")
-# How a segment's token states become one vector: their mean over real tokens, the [CLS]
-# state, or BERT's pooler (a dense layer and tanh on [CLS]).
-POOLINGS = ("mean", "cls", "pooler")
 
 
 @dataclass
@@ -49,8 +49,19 @@ class Task:
 
     @property
     def analyses(self) -> tuple[str, ...]:
-        """The report's analyses of this task's dev predictions (names in reports.py)."""
+        """The report's analyses of this task's dev predictions (names registered in
+        minbert/analyses.py)."""
         return ()
+
+    @property
+    def value_range(self) -> tuple[float, float] | None:
+        """The range of a predicted score, for figures' axes; None for classes."""
+        return None
+
+    def output_spec(self) -> tuple:
+        """What models that predict this task together (an ensemble) must agree on."""
+        return (self.kind, len(self.text_columns), self.num_outputs, tuple(self.classes or ()),
+                self.value_range)
 
     def check(self) -> None:
         """Raises ValueError naming the key when a declared value cannot work."""
@@ -169,6 +180,11 @@ class Task:
     def metric(self, predictions: np.ndarray, labels: np.ndarray) -> float:
         raise NotImplementedError
 
+    def resampled_metric(self, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The metric of each bootstrap resample: predictions and labels (resamples,
+        examples) -> (resamples,). Kinds vectorise it; this default asks `metric` of each."""
+        return np.array([self.metric(p, y) for p, y in zip(predictions, labels)])
+
     def divergence(self, logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
         """Batch-mean divergence ℓs between outputs, for SMART; `kind` is 'kl', 'sym-kl' or
         'squared'. `target` is the reference output (detached by the caller)."""
@@ -176,7 +192,7 @@ class Task:
 
     def mean_logits(self, logits: list[torch.Tensor]) -> torch.Tensor:
         """Logits whose prediction is the mean of several models' predictions (what an
-        ensemble says), for distillation."""
+        ensemble says: distillation targets, the predictor's answer)."""
         raise NotImplementedError
 
     def overall_share(self, value: float) -> float:

@@ -123,6 +123,9 @@ class ClassificationTask(Task):
     def metric(self, predictions, labels):
         return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
 
+    def resampled_metric(self, predictions, labels):
+        return (predictions == labels).mean(1)
+
     def format_prediction(self, value) -> str:
         return str(int(value))
 

@@ -70,6 +70,18 @@ class RegressionTask(Task):
             return 0.0  # a constant prediction has no correlation
         return float(pearsonr(predictions, np.asarray(labels, dtype=np.float64))[0])
 
+    def resampled_metric(self, predictions, labels):
+        """Pearson's r of each row (0 where a row is constant, as `metric` says)."""
+        xc = predictions - predictions.mean(1, keepdims=True)
+        yc = labels - labels.mean(1, keepdims=True)
+        denominator = np.sqrt((xc ** 2).sum(1) * (yc ** 2).sum(1))
+        return np.divide((xc * yc).sum(1), denominator, out=np.zeros(len(predictions)),
+                         where=denominator > 0)
+
+    @property
+    def value_range(self):
+        return (self.low, self.high)
+
     def divergence(self, logits, target, kind):
         """'squared' is the regression divergence; the KL forms treat the unit-interval
         prediction as a Bernoulli mean, so a run may ask for KL on every task (SMART 1)."""

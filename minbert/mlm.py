@@ -30,12 +30,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from minbert.config import RunConfig
+from minbert.build import read_split
+from minbert.config import RunConfig, flatten
 from minbert.data import DataError
-from minbert.model import BertModel
+from minbert.devices import resolve_device, resolve_precision
+from minbert.model import ACTIVATIONS, BertModel
+from minbert.optim import linear_schedule, param_groups
 from minbert.pretrained import load_state_dict, resolve_checkpoint
-from minbert.runs import (RunError, RunFolder, _flatten, build_tasks, load_state,
-                          resolve_device, resolve_precision, save_state, write_text_atomic)
+from minbert.runs import RunError, RunFolder, load_state, save_state, write_text_atomic
+from minbert.tasks import build_tasks
 from minbert.tokenizer import Tokenizer, pad_batch
 
 IGNORE = -100
@@ -55,8 +58,7 @@ class MaskedLMHead(nn.Module):
         self.transform.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.transform.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-        from minbert.model import _ACTIVATIONS
-        self.activation = _ACTIVATIONS[config.hidden_act]
+        self.activation = ACTIVATIONS[config.hidden_act]
         nn.init.normal_(self.transform.dense.weight, std=0.02)
         nn.init.zeros_(self.transform.dense.bias)
         self.embeddings = [encoder.embeddings.word_embeddings]  # tied; not a submodule
@@ -112,7 +114,6 @@ def read_texts(config: RunConfig) -> tuple[list[str], dict[str, int]]:
     """The texts to pretrain on, each once (first seen first): every text column of the
     configured tasks' files of pretrain.task_splits, then pretrain.text_files (one text a
     line; blank lines skipped). Returns them and a count per source."""
-    from minbert.runs import read_split
     texts, counts = {}, {}
     tasks = build_tasks(config)
     for split in config.pretrain.task_splits:
@@ -162,7 +163,7 @@ class Pretrainer:
     # ------------------------------------------------------------------ set-up
     def saved_settings(self) -> dict:
         """What decides the result: the pretrain section, the texts' sources, the start."""
-        flat = _flatten(self.config.to_dict())
+        flat = flatten(self.config.to_dict())
         keep = {k: v for k, v in flat.items()
                 if k.startswith("pretrain.") or k in ("data.tasks", "tasks")}
         keep["start"] = self.settings.checkpoint or self.config.model.checkpoint
@@ -234,19 +235,14 @@ class Pretrainer:
         self.train_set = [encoded[i] for i in sorted(order[held:])]
         self.encoder.to(self.device).train()
         self.head.to(self.device)
-        decay, no_decay = [], []
-        for module in (self.encoder, self.head):
-            for name, p in module.named_parameters():
-                (no_decay if p.ndim < 2 else decay).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.settings.lr, weight_decay=self.settings.weight_decay)
+        modules = nn.ModuleDict({"encoder": self.encoder, "mlm": self.head})
+        self.optimizer = torch.optim.AdamW(param_groups(modules, self.settings.lr),
+                                           lr=self.settings.lr,
+                                           weight_decay=self.settings.weight_decay)
         self.steps_per_epoch = math.ceil(len(self.train_set) / self.settings.batch_size)
         total = self.steps_per_epoch * self.settings.epochs
-        warmup = int(self.settings.warmup * total)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min((step + 1) / max(1, warmup),
-                                             max(0.0, (total - step) / max(1, total - warmup))))
+        self.scheduler = linear_schedule(self.optimizer, int(self.settings.warmup * total),
+                                         total)
         self.epoch = self.step = self.updates = 0
 
     def batches(self, epoch: int) -> list[list[int]]:
@@ -384,9 +380,7 @@ class Pretrainer:
 
     # ------------------------------------------------------------------ files
     def log(self, record: dict):
-        record = {"time": round(time.time(), 1), **record}
-        with open(self.folder.log_file, "a", encoding="utf-8") as fp:
-            fp.write(json.dumps(record) + "\n")
+        self.folder.append(record)
 
     def save_checkpoint(self):
         save_state({"encoder": self.encoder.state_dict(), "head": self.head.state_dict(),
@@ -394,8 +388,7 @@ class Pretrainer:
                     "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
                     "step": self.step, "updates": self.updates,
                     "torch_rng": torch.get_rng_state(),
-                    "log_bytes": self.folder.log_file.stat().st_size
-                    if self.folder.log_file.exists() else 0}, self.folder.checkpoint)
+                    "log_bytes": self.folder.log_size()}, self.folder.checkpoint)
 
     def resume(self):
         state = load_state(self.folder.checkpoint, ("encoder", "head", "optimizer"))
@@ -405,8 +398,7 @@ class Pretrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.updates = state["epoch"], state["step"], state["updates"]
         torch.set_rng_state(state["torch_rng"])
-        with open(self.folder.log_file, "r+b") as fp:  # records after the checkpoint are redone
-            fp.truncate(state["log_bytes"])
+        self.folder.truncate_log(state["log_bytes"])  # records after the checkpoint are redone
         self.log({"type": "resume", "epoch": self.epoch, "step": self.step,
                   "updates": self.updates})
 

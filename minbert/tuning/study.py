@@ -1,40 +1,10 @@
-"""Hyperparameter search, `minbert tune`: Optuna's samplers, pruners and storage; every
-trial an ordinary run folder.
-
-A study is a folder (the config's run_dir, or --run-dir):
-
-    study.json     the study's name, its storage (a password in the URL is not written) and
-                   what it searches
-    study.db       the SQLite storage, the default (nothing to install or start)
-    trial-0003/    one run folder per trial: resumable, and `minbert evaluate` reads it
-    trials.csv     every trial: its state, validation overall, parameters and wall time
-    best.toml      the best trial as a config that inherits the base config
-
-The search space is the config's `[tune.space]` table, any config key mapped to one of
-
-    "train.lr" = {log_uniform = [1e-5, 3e-4]}     # also uniform; step = ... for a grid
-    "train.epochs" = {int = [1, 3]}               # also log_int
-    "train.combiner" = {choices = ["sum", "pcgrad", "famo"]}
-
-and each entry's ends (or choices) are checked on the config when it loads, so a key that
-does not exist or a value it cannot take is refused before any training. The objective is
-the overall score on the held-out validation split (data.validation > 0), never dev: each
-epoch's score goes to the pruner, and a trial's value is that of its chosen epoch.
-
-Several workers run one study: `minbert tune` started again on the same folder, on other
-machines with the same `--storage` URL, or `--jobs N` processes on this one (their cores
-split between them). `--trials N` is the number of finished (complete or pruned) trials
-the study should hold; a worker stops when it holds them. A trial whose worker died on this
-machine (SIGKILL, a lost session) is marked failed when a worker starts here again and
-queued once more with the same parameters, resuming from its run folder's checkpoint.
-"""
+"""A study run by workers: Optuna's samplers, pruners and storage; every trial an ordinary
+run folder; its results as trials.csv and best.toml."""
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
-import math
 import os
 import socket
 import subprocess
@@ -42,189 +12,18 @@ import sys
 import time
 import tomllib
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from minbert.config import ConfigKeyError, _check_type, build_config, read_values, set_value
-
-SPACE_KINDS = ("uniform", "log_uniform", "int", "log_int", "choices")
-# keys a trial may not change: where it is written, and the split that judges it
-FIXED = ("run_dir", "tune", "data.validation", "data.validation_seed")
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "percentile", "hyperband", "threshold", "none")
-
-
-class TuneError(RuntimeError):
-    pass
+from minbert.build import build_plan
+from minbert.config import build_config, flatten, parse_override, read_values, set_value
+from minbert.runs import RESUMABLE_CHANGES, RunFolder, load_state, write_text_atomic
+from minbert.training import StopTraining, train
+from minbert.tuning.space import (TuneConfig, TuneError, base_params, check_study,
+                                  trial_values)
 
 
-@dataclass
-class TuneConfig:
-    trials: int = 20                  # finished (complete or pruned) trials the study holds
-    space: dict = field(default_factory=dict)   # "section.key" -> {log_uniform = [a, b]}, ...
-    sampler: str = "tpe"              # tpe | random
-    sampler_options: dict = field(default_factory=dict)   # e.g. {n_startup_trials = 4}
-    pruner: str = "median"            # median | percentile | hyperband | threshold | none
-    pruner_options: dict = field(default_factory=dict)    # e.g. {n_warmup_steps = 1}
-    storage: str = ""                 # an Optuna storage URL; "": SQLite in the study folder
-    study_name: str = ""              # "": the study folder's name
-    seed: int = 0                     # the sampler's seed (worker i adds 1000 i)
-    jobs: int = 1                     # parallel trials on this machine
-    score_dev: bool = False           # also score the dev files after each trial (not used)
-    start_with_base: bool = False     # trial 0: the base config's own values of the space
-    max_failures: int = 3             # failed trials in a row before a worker gives up
-
-
-@dataclass(frozen=True)
-class Dimension:
-    """One entry of the search space."""
-    key: str
-    kind: str
-    low: float | int | None = None
-    high: float | int | None = None
-    step: float | int | None = None
-    choices: tuple = ()
-
-    def contains(self, value) -> bool:
-        if self.kind == "choices":
-            return any(value == c and type(value) is type(c) for c in self.choices)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        inside = self.low <= value <= self.high
-        if self.step is not None:
-            inside = inside and math.isclose((value - self.low) / self.step,
-                                             round((value - self.low) / self.step))
-        return inside and (self.kind not in ("int", "log_int") or isinstance(value, int))
-
-    def values_to_check(self) -> tuple:
-        return self.choices if self.kind == "choices" else (self.low, self.high)
-
-    def distribution(self):
-        from optuna.distributions import (CategoricalDistribution, FloatDistribution,
-                                          IntDistribution)
-        if self.kind == "choices":
-            return CategoricalDistribution(self.choices)
-        if self.kind in ("int", "log_int"):
-            return IntDistribution(self.low, self.high, log=self.kind == "log_int",
-                                   step=self.step or 1)
-        return FloatDistribution(self.low, self.high, log=self.kind == "log_uniform",
-                                 step=self.step)
-
-
-def _dimension(key, entry, where: str) -> Dimension:
-    if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
-        raise ConfigKeyError(f"{where}: a search-space key is a config key such as "
-                             f"\"train.lr\", got {key!r}")
-    if any(key == fixed or key.startswith(fixed + ".") for fixed in FIXED):
-        raise ConfigKeyError(f"{where}: {key} cannot be searched: a trial's folder and the "
-                             "validation split that judges it are the study's")
-    example = 'e.g. {log_uniform = [1e-5, 3e-4]} or {choices = ["sum", "pcgrad"]}'
-    if not isinstance(entry, dict):
-        raise ConfigKeyError(f"{where}: give a table, {example}; got {entry!r}")
-    kinds = [k for k in entry if k in SPACE_KINDS]
-    unknown = [k for k in entry if k not in SPACE_KINDS and k != "step"]
-    if len(kinds) != 1 or unknown:
-        raise ConfigKeyError(f"{where}: give exactly one of {', '.join(SPACE_KINDS)} (and "
-                             f"step for uniform or int), {example}; got {entry!r}")
-    kind = kinds[0]
-    value = entry[kind]
-    if kind == "choices":
-        if "step" in entry:
-            raise ConfigKeyError(f"{where}: step goes with uniform or int, not choices")
-        if (not isinstance(value, list) or not value or len(set(map(repr, value))) != len(value)
-                or not all(isinstance(v, (bool, int, float, str)) for v in value)):
-            raise ConfigKeyError(f"{where}: choices must be a list of distinct numbers, "
-                                 f"strings or booleans, got {value!r}")
-        return Dimension(key, kind, choices=tuple(value))
-    integer = kind in ("int", "log_int")
-    number = (int,) if integer else (int, float)
-    if (not isinstance(value, list) or len(value) != 2
-            or not all(isinstance(v, number) and not isinstance(v, bool) for v in value)
-            or not all(math.isfinite(v) for v in value) or not value[0] < value[1]):
-        raise ConfigKeyError(f"{where}: {kind} takes [low, high] with low < high"
-                             f"{' (integers)' if integer else ''}, got {value!r}")
-    low, high = value if integer else map(float, value)
-    if kind.startswith("log") and low <= 0:
-        raise ConfigKeyError(f"{where}: {kind} needs low > 0, got {low!r}")
-    step = entry.get("step")
-    if step is not None:
-        if kind.startswith("log"):
-            raise ConfigKeyError(f"{where}: step does not go with {kind}")
-        step = _check_type(f"{where}: step", step, 1 if integer else 1.0)
-        if step <= 0 or step > high - low:
-            raise ConfigKeyError(f"{where}: step must be in (0, high - low], got {step!r}")
-    return Dimension(key, kind, low, high, step)
-
-
-def parse_tune(values: dict, source: str = "config") -> tuple[TuneConfig, list[Dimension]]:
-    """The [tune] table of a config's raw values, each search-space entry checked by
-    building the config with its ends (or each choice): refused here, before a trial."""
-    table = values.get("tune", {})
-    tune = TuneConfig()
-    if not isinstance(table, dict):
-        raise ConfigKeyError(f"{source}: [tune] must be a table")
-    names = [f.name for f in fields(TuneConfig)]
-    for key, value in table.items():
-        if key not in names:
-            raise ConfigKeyError(f"{source}: unknown key tune.{key}; [tune] takes "
-                                 f"{', '.join(sorted(names))}")
-        setattr(tune, key, _check_type(f"{source}: tune.{key}", value, getattr(tune, key)))
-    for key, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
-        if getattr(tune, key) not in allowed:
-            raise ConfigKeyError(f"{source}: tune.{key} = {getattr(tune, key)!r}; use one of "
-                                 f"{', '.join(allowed)}")
-    for key in ("trials", "jobs", "max_failures"):
-        if getattr(tune, key) < 1:
-            raise ConfigKeyError(f"{source}: tune.{key} must be positive, got "
-                                 f"{getattr(tune, key)!r}")
-    base = {k: v for k, v in values.items() if k != "tune"}
-    dimensions = []
-    for key, entry in tune.space.items():
-        dimension = _dimension(key, entry, f"{source}: tune.space.\"{key}\"")
-        for value in dimension.values_to_check():
-            try:
-                trial_values(base, {key: value}, "check", source="check")
-            except ConfigKeyError as e:
-                raise ConfigKeyError(f"{source}: tune.space.\"{key}\" = {entry}: the value "
-                                     f"{value!r} is refused: "
-                                     f"{str(e).removeprefix('check: ')}") from None
-        dimensions.append(dimension)
-    if tune.start_with_base:
-        base_params(base, dimensions, source)
-    return tune, dimensions
-
-
-def base_params(base: dict, dimensions: list[Dimension], source: str = "config") -> dict:
-    """The base config's value of each searched key (a section's default where the config
-    sets none), each checked to lie in the space: tune.start_with_base runs them first."""
-    config = build_config({**base, "run_dir": "check"}, source).to_dict()
-    params = {}
-    for dimension in dimensions:
-        value = config
-        for part in dimension.key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if not dimension.contains(value):
-            raise ConfigKeyError(f"{source}: tune.start_with_base: the base value of "
-                                 f"{dimension.key}, {value!r}, is outside tune.space."
-                                 f"\"{dimension.key}\"; widen the space, or set the value in the "
-                                 "config")
-        params[dimension.key] = value
-    return params
-
-
-def trial_values(base: dict, params: dict, run_dir: str, source: str = "trial") -> dict:
-    """The raw config of one trial: the base with the trial's parameters set, checked."""
-    values = copy.deepcopy(base)
-    values.pop("tune", None)
-    for key, value in params.items():
-        set_value(values, key.split("."), value, f"tune.space.\"{key}\"")
-    values["run_dir"] = str(run_dir)
-    build_config(values, source)
-    return values
-
-
-# ------------------------------------------------------------------------- Optuna parts
 def _optuna():
     try:
         import optuna
@@ -321,10 +120,7 @@ class Study:
         values = read_values(config_file, overrides)
         if run_dir:
             values["run_dir"] = run_dir
-        # the run's settings, then [tune] with its space checked on them (once)
-        config = build_config({k: v for k, v in values.items() if k != "tune"},
-                              str(config_file))
-        tune, dimensions = parse_tune(values, str(config_file))
+        config, tune, dimensions = check_study(values, str(config_file))
         for name, given in (("trials", trials), ("storage", storage), ("jobs", jobs)):
             if given is not None:
                 setattr(tune, name, given)
@@ -355,10 +151,9 @@ class Study:
         study = optuna.create_study(storage=storage, study_name=self.name,
                                     direction="maximize", pruner=_pruner(self.tune),
                                     load_if_exists=True)
-        from minbert.runs import RESUMABLE_CHANGES, _flatten
         # what the trials compute; where a worker keeps data or which device it uses may
         # differ between workers (the settings a resumed run may change)
-        base = {k: v for k, v in _flatten(self.base).items()
+        base = {k: v for k, v in flatten(self.base).items()
                 if k not in RESUMABLE_CHANGES and not k.startswith("tune")}
         search = json.loads(json.dumps({"space": self.tune.space, "base": base},
                                        sort_keys=True))
@@ -377,7 +172,6 @@ class Study:
         record = {"study_name": self.name, "storage": _shown(self.storage_url) or "study.db",
                   "config": str(self.config_file), "overrides": self.overrides,
                   "space": self.tune.space, "trials": self.tune.trials}
-        from minbert.runs import write_text_atomic
         write_text_atomic(self.folder / "study.json", json.dumps(record, indent=2) + "\n")
         return study
 
@@ -423,7 +217,6 @@ class Study:
         """Trials left running by a worker that died on this machine: failed, and queued
         again with the same parameters (they resume from their run folder's checkpoint)."""
         optuna = _optuna()
-        from minbert.runs import RunFolder
         host = socket.gethostname()
         retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback",  # optuna >= 4.9
                         None) or optuna.storages.RetryFailedTrialCallback
@@ -471,8 +264,6 @@ class Study:
     def run_trial(self, study, trial) -> bool:
         """One trial as an ordinary run; False if it failed."""
         optuna = _optuna()
-        from minbert.runs import RunFolder, load_state
-        from minbert.training import StopTraining, train
         run_dir = trial.user_attrs.get("run_dir") or str(self.folder / f"trial-{trial.number:04d}")
         for key, value in (("run_dir", run_dir), ("host", socket.gethostname()),
                            ("pid", os.getpid())):
@@ -483,8 +274,10 @@ class Study:
         start = time.perf_counter()
         folder = RunFolder(run_dir)
         try:
-            config = build_config(trial_values(self.base, trial.params, run_dir),
-                                  f"trial {trial.number}")
+            source = f"trial {trial.number}"
+            plan = build_plan(build_config(trial_values(self.base, trial.params, run_dir,
+                                                        check=False), source), source)
+            config = plan.config
             self._report_logged_epochs(study, trial, folder)
 
             def on_epoch(epoch: int, metrics: dict) -> None:
@@ -497,7 +290,7 @@ class Study:
                                   f"{self.name!r} after epoch {epoch}: validation overall "
                                   f"{metrics['overall']:.4f}"})
 
-            dev = train(config, on_epoch=on_epoch, score_dev=self.tune.score_dev)
+            dev = train(plan, on_epoch=on_epoch, score_dev=self.tune.score_dev)
         except StopTraining as stop:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             print(f"trial {trial.number}: {stop}", file=sys.stderr)
@@ -522,19 +315,14 @@ class Study:
     @staticmethod
     def _report_logged_epochs(study, trial, folder) -> None:
         """A resumed trial's epochs that its dead worker had not reported yet."""
-        if not folder.log_file.is_file():
-            return
         known = study.get_trials(deepcopy=False)[trial.number].intermediate_values
-        for line in folder.log_file.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line) if line.strip() else {}
-            if record.get("type") == "epoch" and "validation" in record \
-                    and record["epoch"] not in known:
+        for record in folder.records("epoch"):
+            if "validation" in record and record["epoch"] not in known:
                 trial.report(record["validation"]["overall"], record["epoch"])
 
     # ------------------------------------------------------------------------- results
     def write_results(self, study) -> dict:
         rows = trials_table(study)
-        from minbert.runs import write_text_atomic
         if rows:
             text = io.StringIO(newline="")
             writer = csv.DictWriter(text, list(dict.fromkeys(k for row in rows for k in row)))
@@ -555,7 +343,6 @@ class Study:
     def best_toml(self, best) -> str:
         values: dict = {}
         for text in self.overrides:
-            from minbert.config import parse_override
             keys, value = parse_override(text)
             set_value(values, keys, value, f"override {text!r}")
         for key, value in best.params.items():
@@ -618,7 +405,6 @@ def to_toml(values: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ------------------------------------------------------------------------------ report
 def is_study(folder: str | Path) -> bool:
     return (Path(folder) / "study.json").is_file()
 
@@ -641,53 +427,3 @@ def load_study(folder: str | Path, storage: str | None = None):
     except KeyError:
         raise TuneError(f"{folder}: study {record['study_name']!r} is not in its storage "
                         f"{_shown(url) or folder / 'study.db'}") from None
-
-
-def write_study_report(folder: str | Path, out: str | Path, storage: str | None = None) -> Path:
-    """A study's trials table and its figures (optimisation history, each trial's
-    validation score per epoch, parameter importances) in out/index.html."""
-    import base64
-    import html
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as plots
-    study = load_study(folder, storage)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = trials_table(study)
-    columns = [c for c in dict.fromkeys(k for row in rows for k in row)
-               if c not in ("run_dir", "error")]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [row.get(c) for c in columns]
-        lines.append("| " + " | ".join("" if v is None else f"{v:.4g}" if isinstance(v, float)
-                                       else str(v) for v in cells) + " |")
-    (out / "trials.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    parts = [f"<!doctype html><meta charset='utf-8'><title>study {html.escape(study.study_name)}"
-             "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
-             "img{max-width:100%}</style>",
-             f"<h1>Study {html.escape(study.study_name)}</h1>",
-             "<p>Trials are judged on the held-out validation split (overall score), never "
-             "on dev.</p><pre>" + html.escape("\n".join(lines)) + "</pre>"]
-    finished = [t for t in study.trials if t.state.name == "COMPLETE"]
-    figures = [("history", plots.plot_optimization_history, 1),
-               ("epochs", plots.plot_intermediate_values, 1),
-               ("importance", plots.plot_param_importances, 2)]
-    for name, plot, needed in figures:
-        if len(finished) < needed:
-            parts.append(f"<p>{name}: needs {needed} complete trials</p>")
-            continue
-        try:
-            axes = plot(study)
-        except (RuntimeError, ValueError) as e:  # e.g. importances of a parameter never varied
-            parts.append(f"<p>{name}: {html.escape(str(e))}</p>")
-            continue
-        path = out / f"{name}.png"
-        axes.figure.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(axes.figure)
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        parts.append(f"<p><img alt='{name}' src='data:image/png;base64,{data}'></p>")
-    (out / "index.html").write_text("\n".join(parts), encoding="utf-8")
-    return out / "index.html"

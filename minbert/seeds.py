@@ -1,0 +1,93 @@
+"""Several seeds of one recipe: `minbert train --seeds 0,1,2` trains one ordinary run per
+seed in RUN_DIR/seed-N/ and summarises them in RUN_DIR/seeds.json (per task and overall:
+the mean, standard deviation and 95% t-interval of the mean across seeds).
+
+Every seed is a run of its own (locked, resumable: started again, finished seeds are not
+retrained), and a finished seed whose .pt files were deleted, or that another process
+trained, is read from its log's final record. This module owns `seed-N/` and seeds.json.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from minbert import distributed
+from minbert.config import RunConfig
+from minbert.runs import RunError, RunFolder, write_text_atomic
+from minbert.stats import mean_interval
+from minbert.training import train
+
+SUMMARY = "seeds.json"
+
+
+def is_seeds_folder(folder) -> bool:
+    """Whether `folder` holds a seeds summary or seed-N/ runs."""
+    folder = Path(folder)
+    return (folder / SUMMARY).is_file() or any(
+        p.name.removeprefix("seed-").isdigit() for p in folder.glob("seed-*"))
+
+
+def _finished_without_checkpoint(config: RunConfig) -> dict | None:
+    """The dev scores of a finished run whose checkpoint.pt is gone (deleted to save space,
+    or trained elsewhere and copied without it), read from its log's final record; None
+    where train() decides (no such record, or a checkpoint to resume from)."""
+    folder = RunFolder(config.run_dir)
+    if folder.checkpoint.exists() or not folder.config_file.is_file():
+        return None
+    final = folder.final_record()
+    if final is None or "dev" not in final:
+        return None
+    changes = folder.saved_config_changes(config)
+    if changes:
+        raise RunError(f"{folder.path} holds a finished run of a different config "
+                       f"({', '.join(changes)}); use another run_dir, the same config, or "
+                       "--overwrite to replace it")
+    return final["dev"]
+
+
+def train_seeds(config: RunConfig, seeds: list[int], overwrite: bool = False) -> dict:
+    """One run per seed under the run folder (seed-0/, seed-1/, ...), each an ordinary run
+    (locked, resumable: started again, finished seeds are not retrained), then a summary
+    in seeds.json: each task's and the overall mean, standard deviation and 95% interval
+    of the mean across seeds."""
+    if len(set(seeds)) != len(seeds) or not seeds or min(seeds) < 0:
+        raise RunError(f"--seeds {seeds}: give distinct non-negative seeds, e.g. 0,1,2")
+    parent = Path(config.run_dir)
+    results = {}
+    for seed in seeds:
+        run = replace(config, run_dir=str(parent / f"seed-{seed}"),
+                      train=replace(config.train, seed=seed))
+        if distributed.launched_as_main():
+            tqdm.write(f"seed {seed}: {run.run_dir}")
+        finished = None if overwrite else _finished_without_checkpoint(run)
+        results[seed] = finished if finished is not None else train(run, overwrite=overwrite)
+    metrics = [m for m in results.values() if "overall" in m]
+    summary = {"seeds": seeds, "runs": {str(k): v for k, v in results.items()},
+               "summary": {key: mean_interval([m[key] for m in metrics])
+                           for key in (metrics[0] if metrics else {})}}
+    if distributed.launched_as_main():
+        # one seed has no spread: null in the file (NaN is not JSON)
+        text = json.dumps(summary, indent=2).replace("NaN", "null")
+        write_text_atomic(parent / SUMMARY, text + "\n")
+    return summary
+
+
+def seed_results(folder) -> dict[str, dict]:
+    """Each seed's dev metrics in a `--seeds` folder: those of its seeds.json, and of any
+    finished seed-N/ run it does not list (its log's final record)."""
+    path = Path(folder) / SUMMARY
+    runs = {}
+    if path.is_file():
+        try:
+            runs = dict(json.loads(path.read_text(encoding="utf-8"))["runs"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise RunError(f"{path}: not a seeds summary ({e})") from None
+    for sub in sorted(Path(folder).glob("seed-*")):
+        seed = sub.name.removeprefix("seed-")
+        final = RunFolder(sub).final_record() if seed.isdigit() else None
+        if seed not in runs and final is not None and "dev" in final:
+            runs[seed] = final["dev"]
+    return {seed: metrics for seed, metrics in runs.items() if "overall" in metrics}
