@@ -16,9 +16,9 @@ import warnings
 
 import torch
 
-from minbert.config import load_config
-from minbert.data import EncodedTask
 from minbert.build import build_plan, encode_train
+from minbert.config import PRECISIONS, load_config
+from minbert.data import EncodedTask
 from minbert.loading import build_model
 from minbert.tasks import build_tasks
 from minbert.training import Trainer
@@ -44,7 +44,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/quick.toml")
     parser.add_argument("--per-task", type=int, default=256)
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--backend", default="inductor")
     args = parser.parse_args()
     warnings.simplefilter("ignore")

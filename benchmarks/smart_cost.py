@@ -19,9 +19,9 @@ import time
 import torch
 
 from _common import model_and_batches
-from minbert.config import SmartConfig
-from minbert.regularizers.smart import Smart
+from minbert.config import PRECISIONS, SmartConfig
 from minbert.devices import resolve_precision
+from minbert.regularizers.smart import Smart
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8, help="a multiple of 8 (every-8th)")
     parser.add_argument("--K", type=int, default=1)
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     args = parser.parse_args()
     config, tasks, model, batches = model_and_batches(per_task=args.batch)
     task, batch = tasks[args.task], batches[args.task]

@@ -1,5 +1,5 @@
 """From a run config to the parts of a run, once: its tasks, sampler, gradient combiner,
-regularisers, device and precision (a `Plan`). The CLI builds the plan before any weights
+regularisers and device (a `Plan`). The CLI builds the plan before any weights
 load or data is read, so a bad value fails at once with the key named; the trainer takes
 the plan and builds none of it again.
 
@@ -17,7 +17,7 @@ import torch
 from minbert.combiners import Combiner, make_combiner
 from minbert.config import ConfigKeyError, RunConfig, build_config, load_config
 from minbert.data import EncodedTask, Examples
-from minbert.devices import resolve_device, resolve_precision
+from minbert.devices import resolve_device
 from minbert.regularizers import REGULARIZERS, Regularizer
 from minbert.samplers import Sampler, make_sampler
 from minbert.tasks import BUILTIN, Task, build_tasks
@@ -32,9 +32,7 @@ class Plan:
     sampler: Sampler
     combiner: Combiner
     regularizers: list[Regularizer]
-    device: torch.device
-    autocast: torch.dtype | None   # None: fp32
-    precision: str                 # what was chosen, and why
+    device: torch.device           # the precision is chosen on it with the model (devices.py)
 
 
 def build_plan(config: RunConfig, source: str = "config") -> Plan:
@@ -48,9 +46,7 @@ def build_plan(config: RunConfig, source: str = "config") -> Plan:
         regularizers = build_regularizers(config, tasks)
     except ValueError as e:
         raise ConfigKeyError(f"{source}: {e}") from None
-    device = resolve_device(cfg.device)
-    autocast, precision = resolve_precision(cfg.precision, device)
-    return Plan(config, tasks, sampler, combiner, regularizers, device, autocast, precision)
+    return Plan(config, tasks, sampler, combiner, regularizers, resolve_device(cfg.device))
 
 
 def build_regularizers(config: RunConfig, tasks: dict[str, Task]) -> list[Regularizer]:

@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from minbert.config import ConfigKeyError, load_config
+from minbert.config import PRECISIONS, ConfigKeyError, load_config
 from minbert.distributed import launched_as_main
 
 
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run_dirs", nargs="+", metavar="run_dir",
                        help="run folder(s) written by `minbert train`; several: an ensemble")
         p.add_argument("--device", help="cpu, cuda, ... (default: the run's)")
-        p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+        p.add_argument("--precision", choices=PRECISIONS,
                        help="autocast precision (default: the run's train.precision)")
         if name == "evaluate":
             p.add_argument("--out", help="also write the dev predictions, metrics and config "

@@ -158,7 +158,6 @@ class Pretrainer:
         self.folder = RunFolder(self.settings.run_dir)
         self.overwrite = overwrite
         self.device = resolve_device(self.settings.device, "pretrain.device")
-        self.autocast, self.precision = resolve_precision(self.settings.precision, self.device)
 
     # ------------------------------------------------------------------ set-up
     def saved_settings(self) -> dict:
@@ -235,6 +234,9 @@ class Pretrainer:
         self.train_set = [encoded[i] for i in sorted(order[held:])]
         self.encoder.to(self.device).train()
         self.head.to(self.device)
+        self.autocast, self.precision = resolve_precision(
+            self.settings.precision, self.device, self.encoder,
+            (self.settings.batch_size, min(64, self.settings.max_length)))
         modules = nn.ModuleDict({"encoder": self.encoder, "mlm": self.head})
         self.optimizer = torch.optim.AdamW(param_groups(modules, self.settings.lr),
                                            lr=self.settings.lr,

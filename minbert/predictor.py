@@ -71,8 +71,11 @@ class Predictor:
         self.runs = runs
         self.device = resolve_device(device or first.config.train.device,
                                      "device" if device else "train.device")
+        encoder = getattr(first.model, "encoder", None)  # None: an ONNX graph (fp32)
         self.autocast, self.precision = resolve_precision(
-            precision or first.config.train.precision, self.device)
+            precision or first.config.train.precision, self.device, encoder,
+            (first.config.data.eval_batch_size, min(64, first.config.model.max_length)),
+            training=False)
         for run in runs:
             run.model.to(self.device).eval()
 

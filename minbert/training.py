@@ -20,6 +20,7 @@ from minbert import distributed
 from minbert.build import Plan, build_plan, encode_split, encode_train
 from minbert.config import RunConfig
 from minbert.data import EncodedTask
+from minbert.devices import resolve_precision
 from minbert.evaluation import evaluate, format_table, overall_score
 from minbert.loading import build_model
 from minbert.multitask import MultiTaskModel
@@ -81,11 +82,17 @@ class Trainer:
         self.selection = "validation" if self.validation_sets else "dev"
         self.folder = RunFolder(self.config.run_dir)
         self.run_dir = self.folder.path
-        self.device, self.autocast, self.precision = plan.device, plan.autocast, plan.precision
+        self.device = plan.device
         cfg = self.config.train
         distributed.init_from_env(self.device)
         self.main = distributed.is_main()  # only rank 0 writes the run folder
         self.model.to(self.device)
+        # measured on rank 0 (the others would share its cores), the same on every rank
+        decision = resolve_precision(cfg.precision, self.device,
+                                     self.model.encoder if self.main else None,
+                                     (self.config.data.batch_size,
+                                      min(64, self.config.model.max_length)))
+        self.autocast, self.precision = distributed.gather_objects(decision)[0]
         distributed.broadcast_parameters(self.model)
         if distributed.active():  # each rank its own dropout masks and SMART noise
             torch.manual_seed(cfg.seed + 1000 * distributed.rank())

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny random BERT for fast unit tests, the real MiniLM for parity."""
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,13 @@ TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
     "the", "a", "movie", "is", "good", "bad", "great", "awful", "what", "how", "do", "i",
     "you", "learn", "python", "cook", "rice", "cat", "dog", "sits", "runs", "on", "mat",
     "?", ".", ",", "not", "very", "man", "woman", "plays", "guitar", "##s", "##ing"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def precision_cache(tmp_path_factory):
+    """precision = "auto" measures bf16 on this CPU and caches it: in a folder of the tests'
+    own (subprocesses inherit it), never the user's cache."""
+    os.environ["MINBERT_CACHE"] = str(tmp_path_factory.mktemp("minbert-cache"))
 
 
 @pytest.fixture(scope="session")

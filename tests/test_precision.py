@@ -86,3 +86,78 @@ def test_the_log_and_console_say_which_precision_and_why(tmp_path, tiny_checkpoi
     why = "fp32 (auto: the CPU has neither avx512_bf16 nor amx_bf16)"
     assert start["type"] == "start" and start["precision"] == why
     assert f"device cpu, precision {why}" in capsys.readouterr().out
+
+
+@pytest.fixture
+def measured(monkeypatch, tmp_path, tiny_checkpoint):
+    """A CPU with bf16 instructions, a fresh cache and a fake timer whose bf16 speed-up the
+    test sets; returns (model, the speed-up setter, the measurements taken)."""
+    from minbert.model import BertModel
+    monkeypatch.setenv("MINBERT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    speed, calls = {"bf16": 1.0}, []
+
+    def fake_time(model, dtype, batch_shape, training):
+        calls.append((dtype, training, batch_shape))
+        return 1.0 if dtype is None else 1.0 / speed["bf16"]
+    monkeypatch.setattr(devices, "time_steps", fake_time)
+    return BertModel.from_pretrained(tiny_checkpoint), speed, calls
+
+
+def test_auto_keeps_fp32_where_bf16_measures_slower(measured):
+    model, speed, calls = measured
+    speed["bf16"] = 0.65
+    dtype, why = resolve_precision("auto", CPU, model, (32, 64))
+    assert dtype is None and why == "fp32 (auto: bf16 a training step measured 0.65x fp32 here)"
+    assert {(d, t) for d, t, _ in calls} == {(None, True), (torch.bfloat16, True),
+                                             (None, False), (torch.bfloat16, False)}
+
+
+def test_auto_picks_bf16_where_it_measures_faster(measured):
+    model, speed, calls = measured
+    speed["bf16"] = 1.7
+    dtype, why = resolve_precision("auto", CPU, model, (32, 64), training=False)
+    assert dtype == torch.bfloat16 and "inference measured 1.70x fp32 here" in why
+    speed["bf16"] = 1.05  # below MIN_GAIN: not worth bf16's rounding
+    devices.cache_file().unlink()
+    assert resolve_precision("auto", CPU, model, (32, 64))[0] is None
+
+
+def test_a_measurement_is_cached_for_this_machine_and_shape_only(measured, monkeypatch):
+    model, speed, calls = measured
+    speed["bf16"] = 0.65
+    resolve_precision("auto", CPU, model, (32, 64))
+    taken = len(calls)
+    speed["bf16"] = 1.7  # the cache answers: nothing is measured again
+    assert resolve_precision("auto", CPU, model, (32, 64))[0] is None
+    assert resolve_precision("auto", CPU, model, (32, 64), training=False)[0] is None
+    assert len(calls) == taken
+    key = next(iter(json.loads(devices.cache_file().read_text())))
+    assert devices.cpu_name() in key and torch.__version__ in key
+    assert resolve_precision("auto", CPU, model, (16, 64))[0] == torch.bfloat16  # new shape
+    monkeypatch.setattr(devices, "cpu_name", lambda: "another CPU")
+    calls.clear()
+    assert resolve_precision("auto", CPU, model, (32, 64))[0] == torch.bfloat16
+    assert calls  # another machine: measured again
+    devices.cache_file().write_text("not json")  # a broken cache is measured over
+    calls.clear()
+    assert resolve_precision("auto", CPU, model, (32, 64))[0] == torch.bfloat16 and calls
+
+
+def test_a_cpu_without_bf16_instructions_is_not_measured(measured, monkeypatch):
+    model, speed, calls = measured
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx2"})
+    assert resolve_precision("auto", CPU, model)[0] is None and not calls
+
+
+def test_timing_steps_leaves_the_model_and_the_rng_as_they_were(tiny_checkpoint):
+    from minbert.model import BertModel
+    model = BertModel.from_pretrained(tiny_checkpoint)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    for dtype in (None, torch.bfloat16):
+        assert devices.time_steps(model, dtype, (4, 8), training=True) > 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
