@@ -9,7 +9,6 @@ config (its steps per epoch), which is what `train.compile = true` would cost or
     python benchmarks/compile_speed.py [--config configs/quick.toml] [--per-task 256]
 """
 import argparse
-import platform
 import tempfile
 import time
 import warnings
@@ -19,6 +18,7 @@ import torch
 from minbert.build import build_plan, encode_train
 from minbert.config import PRECISIONS, load_config
 from minbert.data import EncodedTask
+from minbert.devices import machine_summary
 from minbert.loading import build_model
 from minbert.tasks import build_tasks
 from minbert.training import Trainer
@@ -48,8 +48,7 @@ def main():
     parser.add_argument("--backend", default="inductor")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    print(f"machine: {platform.machine()}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}")
+    print(f"machine: {machine_summary()}")
     rows = {}
     for mode in ("eager", "compiled"):
         with tempfile.TemporaryDirectory() as run_dir:

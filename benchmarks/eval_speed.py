@@ -8,16 +8,16 @@ are from that path's (fp32 variants must be equal).
     python benchmarks/eval_speed.py [--limit 2000] [--config configs/cross-encoding.toml]
 """
 import argparse
-import platform
 import tempfile
 import time
 import warnings
 
 import torch
 
-from minbert.config import load_config
-from minbert.evaluation import evaluate
 from minbert.build import encode_split
+from minbert.config import load_config
+from minbert.devices import machine_summary
+from minbert.evaluation import evaluate
 from minbert.loading import build_model
 from minbert.tasks import build_tasks
 
@@ -42,8 +42,7 @@ def main():
     model.eval()
     dev = encode_split(config, tasks, tokenizer, "dev")
     total = sum(len(d) for d in dev.values())
-    print(f"machine: {platform.machine()}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}; {total} dev examples "
+    print(f"machine: {machine_summary()}; {total} dev examples "
           f"({', '.join(f'{n} {len(d)}' for n, d in dev.items())})\n")
     timed(model, tasks, {n: d for n, d in list(dev.items())[:1]}, 32, torch.bfloat16,
           torch.no_grad)  # warm-up: first calls allocate and pick kernels

@@ -8,7 +8,6 @@ otherwise.
     python benchmarks/model_speed.py [--model minilm-l6] [--batch 32] [--seq 64] [--steps 10]
 """
 import argparse
-import platform
 import time
 
 import torch
@@ -64,6 +63,7 @@ def main():
 
     import transformers
     from minbert import BertModel
+    from minbert.devices import machine_summary
     from minbert.pretrained import resolve_checkpoint
 
     ours = BertModel.from_pretrained(args.model).to(args.device)
@@ -73,8 +73,7 @@ def main():
     batch = {k: v.to(args.device) for k, v in
              make_batch(ours.config.vocab_size, args.batch, args.seq, generator).items()}
 
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, device {args.device}")
+    print(f"machine: {machine_summary()}; device {args.device}")
     print(f"model {args.model}, batch {args.batch}, max length {args.seq} (lengths vary), "
           f"{args.steps} timed steps\n")
     print(f"{'mode':<10}{'precision':<10}{'minbert seq/s':>15}{'HF seq/s':>12}{'ratio':>8}")

@@ -9,7 +9,6 @@ ratios, and the largest difference of the ONNX outputs from PyTorch fp32.
     python benchmarks/onnx_speed.py [--n 1000]
 """
 import argparse
-import platform
 import tempfile
 import time
 import warnings
@@ -20,9 +19,10 @@ import torch
 
 import minbert
 from minbert.config import load_config
+from minbert.devices import machine_summary
 from minbert.export import export_run
-from minbert.onnx_backend import export_onnx
 from minbert.loading import build_model
+from minbert.onnx_backend import export_onnx
 from minbert.tasks import build_tasks
 
 
@@ -44,8 +44,7 @@ def main():
         inputs[name] = (texts[0] if len(texts) == 1 else list(zip(*texts)))[:args.n]
     backends = {"torch fp32": dict(precision="fp32"), "torch auto": dict(precision="auto"),
                 "onnxruntime fp32": dict(backend="onnx")}
-    print(f"machine: {platform.machine()}, torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()}; {args.n} inputs per task, batches of 64\n")
+    print(f"machine: {machine_summary()}; {args.n} inputs per task, batches of 64\n")
     print(f"{'backend':<20}{'task':<8}{'seconds':>9}{'ex/s':>8}{'vs torch fp32':>15}"
           f"{'max |Δ| vs fp32':>17}")
     reference, baseline = {}, {}

@@ -20,7 +20,7 @@ import torch
 
 from _common import model_and_batches
 from minbert.config import PRECISIONS, SmartConfig
-from minbert.devices import resolve_precision
+from minbert.devices import machine_summary, resolve_precision
 from minbert.regularizers.smart import Smart
 
 
@@ -101,6 +101,7 @@ def main():
                 for k, v in result.items():
                     parts[k] = parts.get(k, 0.0) + v
     mean = {name: sum(values) / len(values) for name, values in times.items()}
+    print(f"machine: {machine_summary()}")
     print(f"task {args.task}, batch {args.batch}, K = {args.K}, {config.model.checkpoint}, "
           f"{torch.get_num_threads()} threads, step precision {precision}, "
           f"mean of {args.steps}")

@@ -8,7 +8,6 @@ the padding share of each, and the ratios ours / theirs.
     python benchmarks/train_speed.py [--per-task 320] [--batch 32]
 """
 import argparse
-import platform
 import tempfile
 import time
 import warnings
@@ -16,11 +15,12 @@ import warnings
 import numpy as np
 import torch
 
+from minbert.build import build_plan
 from minbert.config import load_config
 from minbert.data import EncodedTask
+from minbert.devices import machine_summary
 from minbert.loading import build_model
 from minbert.tasks import build_tasks
-from minbert.build import build_plan
 from minbert.training import Trainer
 
 
@@ -99,8 +99,7 @@ def main():
             examples = examples.subset(range(min(args.per_task, len(examples))))
             train_sets[name] = EncodedTask(name, examples, tokenizer, model.encodings[name])
         total = sum(len(d) for d in train_sets.values())
-        print(f"machine: {platform.machine()}, torch {torch.__version__}, "
-              f"threads {torch.get_num_threads()}")
+        print(f"machine: {machine_summary()}")
         print(f"{config.model.checkpoint}, {len(tasks)} tasks x {args.per_task} examples "
               f"({total}), batch {args.batch}, cross-encoded pairs, full-model fine-tuning\n")
         ours, ours_pad = minbert_trainer(config, tasks, model, train_sets)

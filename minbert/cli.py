@@ -188,20 +188,25 @@ def cmd_predict(args):
 
 
 def _predict_new_text(args):
-    from minbert.predictor import read_inputs, write_outputs
+    from minbert.predictor import OUTPUT_FORMATS, read_inputs, write_outputs
     from minbert.runs import writable_folder
     if not (args.task and args.input):
         raise ValueError("predicting on new text needs both --task and --input FILE (or -)")
     if args.out:
+        if Path(args.out).suffix.lower() not in OUTPUT_FORMATS:
+            raise ValueError(f"--out {args.out}: write a {', '.join(OUTPUT_FORMATS)} file")
         writable_folder(Path(args.out).resolve().parent, "output")
     predictor = _predictor(args, args.run_dirs)
     if args.task not in predictor.tasks:
         raise ValueError(f"--task {args.task}: the run has {', '.join(predictor.tasks)}")
     task = predictor.tasks[args.task]
     columns = args.columns.split(",") if args.columns else list(task.text_columns)
-    inputs = read_inputs(args.input, len(task.text_columns), columns)
+    if len(columns) != len(task.text_columns):
+        raise ValueError(f"--columns {args.columns}: task {args.task} reads "
+                         f"{len(task.text_columns)} text column(s)")
+    inputs, ids = read_inputs(args.input, columns, table=True if args.columns else None)
     prediction = predictor.predict(args.task, inputs, progress=len(inputs) > 1000)
-    write_outputs(args.out, inputs, prediction)
+    write_outputs(args.out, inputs, prediction, ids=ids)
     if args.out:
         print(f"wrote {args.out} ({len(inputs)} rows)", file=sys.stderr)
     return 0

@@ -56,6 +56,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_summary() -> str:
+    """The CPU, its cores and vector instructions, torch and its threads: printed beside
+    every timing (benchmarks, a run's start record), since the same code runs 1.5x apart
+    on CPUs that differ in these."""
+    flags = sorted(_cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16",
+                                    "amx_tile", "amx_bf16"})
+    return (f"{cpu_name()}, {os.cpu_count()} cores ({', '.join(flags) or 'no AVX2/AVX-512'}); "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
 # bf16 must beat fp32 by this factor to be chosen: it costs precision, so it must pay
 MIN_GAIN = 1.1
 BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
@@ -138,7 +148,7 @@ def precision_speedup(model: nn.Module, batch_shape: tuple[int, int], training: 
                       ) -> float:
     """fp32's time over bf16's for a step of `model` here (> 1: bf16 is faster), from the
     cache when this machine, torch, model and batch shape were measured before; else
-    measured with `time_steps` (both modes, a few seconds) and cached."""
+    measured with `time_steps` (a few seconds) and cached."""
     path, key, mode = cache_file(), _cache_key(model, batch_shape), \
         "training" if training else "inference"
     try:
@@ -146,13 +156,11 @@ def precision_speedup(model: nn.Module, batch_shape: tuple[int, int], training: 
         cache = cache if isinstance(cache, dict) else {}
     except (OSError, ValueError):
         cache = {}
-    entry = cache.get(key)
-    if not isinstance(entry, dict) or not isinstance(entry.get(mode), (int, float)):
-        entry = {}
-        for kind, is_training in (("training", True), ("inference", False)):
-            fp32 = time_steps(model, None, batch_shape, is_training)
-            bf16 = time_steps(model, torch.bfloat16, batch_shape, is_training)
-            entry[kind] = round(fp32 / bf16, 3)
+    entry = cache.get(key) if isinstance(cache.get(key), dict) else {}
+    if not isinstance(entry.get(mode), (int, float)) or entry[mode] <= 0:
+        fp32 = time_steps(model, None, batch_shape, training)
+        bf16 = time_steps(model, torch.bfloat16, batch_shape, training)
+        entry[mode] = round(fp32 / bf16, 3)
         cache[key] = entry
         try:  # a cache that cannot be written only costs the measurement next time
             path.parent.mkdir(parents=True, exist_ok=True)

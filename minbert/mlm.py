@@ -35,7 +35,7 @@ from minbert.config import RunConfig, flatten
 from minbert.data import DataError
 from minbert.devices import resolve_device, resolve_precision
 from minbert.model import ACTIVATIONS, BertModel
-from minbert.optim import linear_schedule, param_groups
+from minbert.optim import adamw, linear_schedule, param_groups
 from minbert.pretrained import load_state_dict, resolve_checkpoint
 from minbert.runs import RunError, RunFolder, load_state, save_state, write_text_atomic
 from minbert.tasks import build_tasks
@@ -238,9 +238,8 @@ class Pretrainer:
             self.settings.precision, self.device, self.encoder,
             (self.settings.batch_size, min(64, self.settings.max_length)))
         modules = nn.ModuleDict({"encoder": self.encoder, "mlm": self.head})
-        self.optimizer = torch.optim.AdamW(param_groups(modules, self.settings.lr),
-                                           lr=self.settings.lr,
-                                           weight_decay=self.settings.weight_decay)
+        self.optimizer = adamw(param_groups(modules, self.settings.lr), self.settings.lr,
+                               self.settings.weight_decay, self.device)
         self.steps_per_epoch = math.ceil(len(self.train_set) / self.settings.batch_size)
         total = self.steps_per_epoch * self.settings.epochs
         self.scheduler = linear_schedule(self.optimizer, int(self.settings.warmup * total),

@@ -1,5 +1,6 @@
 """The optimizer set-up both trainers share (fine-tuning and masked-LM pretraining): AdamW
-over BERT's parameter groups, and a linear warm-up followed by a linear decay to zero."""
+(fused) over BERT's parameter groups, and a linear warm-up followed by a linear decay to
+zero."""
 from __future__ import annotations
 
 import torch
@@ -39,6 +40,15 @@ def param_groups(model: nn.Module, lr: float, head_lr: float = 0.0,
             group["weight_decay"] = 0.0
         out.append(group)
     return out
+
+
+def adamw(groups: list[dict], lr: float, weight_decay: float, device: torch.device
+          ) -> torch.optim.AdamW:
+    """AdamW over `groups`, with torch's fused kernel on a CPU or CUDA device: the same update,
+    one pass over each tensor instead of a dozen (a MiniLM update on 2 CPU cores: 76 ms per
+    step unfused, 15 ms fused; benchmarks/train_speed.py)."""
+    fused = torch.device(device).type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int

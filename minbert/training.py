@@ -20,11 +20,11 @@ from minbert import distributed
 from minbert.build import Plan, build_plan, encode_split, encode_train
 from minbert.config import RunConfig
 from minbert.data import EncodedTask
-from minbert.devices import resolve_precision
+from minbert.devices import machine_summary, resolve_precision
 from minbert.evaluation import evaluate, format_table, overall_score
 from minbert.loading import build_model
 from minbert.multitask import MultiTaskModel
-from minbert.optim import linear_schedule, param_groups
+from minbert.optim import adamw, linear_schedule, param_groups
 from minbert.runs import (RunError, RunFolder, config_changes, load_state, prediction_file,
                           save_state, write_prediction_file)
 from minbert.samplers import plan_epoch
@@ -106,9 +106,8 @@ class Trainer:
         self.steps_per_epoch = len(self._plan(0))
         self.updates_per_epoch = math.ceil(self.steps_per_epoch / cfg.grad_accumulation)
         self.total_updates = self.updates_per_epoch * cfg.epochs
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.lr, cfg.head_lr, cfg.layer_decay), lr=cfg.lr,
-            weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(param_groups(self.model, cfg.lr, cfg.head_lr, cfg.layer_decay),
+                               cfg.lr, cfg.weight_decay, self.device)
         self.scheduler = linear_schedule(self.optimizer, int(cfg.warmup * self.total_updates),
                                          self.total_updates)
         for regularizer in self.regularizers:
@@ -136,7 +135,7 @@ class Trainer:
                                                          self.train_sets.items()},
                       "train_files": self.file_counts, "steps_per_epoch": self.steps_per_epoch,
                       "total_updates": self.total_updates, "device": str(self.device),
-                      "precision": self.precision})
+                      "precision": self.precision, "machine": machine_summary()})
         if self.main:
             tqdm.write(f"device {self.device}, precision {self.precision}")
         self.model.train()

@@ -79,7 +79,9 @@ def test_a_declared_task_missing_its_columns_is_named():
     ("smart.overrides={sts={teacher_momentum=0.5}}",
      "unknown key smart.overrides.sts.teacher_momentum"),
     ("tasks.sst.num_clases=5", r"tasks.sst: unknown key\(s\) \['num_clases'\]"),
-    ("tasks.sst.num_classes='5'", "tasks.sst.num_classes: an integer ≥ 2, got '5'"),
+    ("tasks.sst.num_classes='5'", "tasks.sst.num_classes: an integer from 2 to 100,000, got '5'"),
+    ("tasks.sst.num_classes=4000000000", "tasks.sst.num_classes: an integer from 2 to 100,000"),
+    ("tasks.sst.label_names=['bad','good']", r"tasks.sst.label_names: 5 distinct names"),
     ("tasks.sts.low=5.0", r"tasks.sts: low \(5.0\) must be below high"),
     ("tasks.nli.kind='classification'", r"\[tasks.nli\] configures a task that is not in "
                                         "data.tasks"),

@@ -101,6 +101,73 @@ def test_bad_inputs_get_their_messages(trained):
     assert len([w for w in caught if "longer than" in str(w.message)]) == 1
 
 
+def test_one_input_gives_one_answer_never_one_per_character(trained):
+    model = minbert.load(trained[0], precision="fp32")
+    many = model.predict("sst", ["great", "a great film"])
+    for i, text in enumerate(["great", "a great film"]):
+        one = model.predict("sst", text)
+        assert len(one) == 1 and one.labels[0] == many.labels[i]
+        np.testing.assert_allclose(one.probabilities[0], many.probabilities[i], rtol=1e-6)
+    pair = ("how do i cook rice ?", "how do you cook rice ?")
+    one = model.predict("quora", pair)  # a tuple of two sentences: one pair
+    assert len(one) == 1
+    assert one.values[0] == model.predict("quora", [pair]).values[0]
+
+
+def test_dict_rows_are_read_by_their_keys_not_iterated(trained):
+    model = minbert.load(trained[0], precision="fp32")
+    a, b = "how do i cook rice ?", "what is a dog ?"
+    expected = model.predict("sts", [(a, b), (b, a)]).scores
+    rows = [{"sentence1": a, "sentence2": b}, {"sentence2": a, "sentence1": b}]
+    np.testing.assert_allclose(model.predict("sts", rows).scores, expected, rtol=1e-6)
+    np.testing.assert_allclose(model.predict("sts", {"text": a, "text_pair": b}).scores,
+                               expected[:1], rtol=1e-6)
+    with pytest.raises(PredictError, match=r"input 1: .* needs the keys sentence1 and "
+                                           r"sentence2 \(or text and text_pair\)"):
+        model.predict("sts", {"question1": a, "question2": b})
+    with pytest.raises(PredictError, match="give a sentence, a pair or a list of them, got int"):
+        model.predict("sst", 7)
+    with pytest.raises(PredictError, match="input 2: task sst takes a sentence, got int"):
+        model.predict("sst", ["good", 3])
+
+
+def test_predictions_carry_the_class_names(trained):
+    model = minbert.load(trained[0], precision="fp32")
+    sst = model.predict("sst", ["the movie is good", "awful"])
+    names = ["very negative", "negative", "neutral", "positive", "very positive"]
+    assert sst.label_names == [names[k] for k in sst.labels]
+    assert model.predict("quora", ("a", "b")).label_names[0] in ("not duplicate", "duplicate")
+    assert model.predict("sts", ("a", "b")).label_names is None
+    assert "Prediction('sst', labels=" in repr(sst) and "object at" not in repr(sst)
+
+
+def test_cli_reads_a_dataset_table_by_its_columns_and_keeps_its_ids(trained, tmp_path, capsys):
+    """The dataset's own TSV (an unnamed index column, id, sentence, label): its header and
+    ids are not scored as text; the ids come through to the output."""
+    source = tmp_path / "dev.tsv"
+    source.write_text("\tid\tsentence\tsentiment\n0\ta1\tthe movie is good\t4\n"
+                      "1\tb2\tan awful movie\t0\n", encoding="utf-8")
+    out = tmp_path / "out.csv"
+    assert cli.main(["predict", str(trained[0]), "--task", "sst", "--input", str(source),
+                     "--out", str(out), "--precision", "fp32"]) == 0
+    with open(out, newline="") as fp:
+        rows = list(csv.DictReader(fp))
+    assert [(r["id"], r["text"]) for r in rows] == [("a1", "the movie is good"),
+                                                   ("b2", "an awful movie")]
+    assert rows[0]["label_name"] in ("very negative", "negative", "neutral", "positive",
+                                     "very positive")
+    named = tmp_path / "named.txt"  # --columns: a table whatever its name
+    named.write_text("id,review\nx9,great\n", encoding="utf-8")
+    assert cli.main(["predict", str(trained[0]), "--task", "sst", "--input", str(named),
+                     "--columns", "review"]) == 0
+    printed = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert printed == [{**printed[0], "id": "x9", "text": "great"}]
+    assert cli.main(["predict", str(trained[0]), "--task", "sst", "--input", str(named),
+                     "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "write a .csv, .tsv, .jsonl file" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_cli_on_new_text_round_trips(trained, tmp_path, capsys, suffix):
     sentences = tmp_path / "sentences.txt"

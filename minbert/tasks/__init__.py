@@ -20,11 +20,15 @@ from minbert.tasks.classification import ClassificationTask
 from minbert.tasks.regression import RegressionTask
 
 BUILTIN: dict[str, dict] = {
-    "sst": dict(kind="classification", num_classes=5, ordinal=True, text_columns=["sentence"],
+    "sst": dict(kind="classification", num_classes=5, ordinal=True,
+                label_names=["very negative", "negative", "neutral", "positive",
+                             "very positive"], text_columns=["sentence"],
                 label_column="sentiment", train_files=["ids-sst-train.csv"],
                 dev_file="ids-sst-dev.csv", test_file="ids-sst-test-student.csv",
                 output_prefix="sst", prediction_header="Predicted_Sentiment"),
-    "quora": dict(kind="classification", num_classes=2, text_columns=["sentence1", "sentence2"],
+    "quora": dict(kind="classification", num_classes=2,
+                  label_names=["not duplicate", "duplicate"],
+                  text_columns=["sentence1", "sentence2"],
                   label_column="is_duplicate", train_files=["quora-train-subset.csv"],
                   dev_file="quora-dev.csv", test_file="quora-test-student.csv",
                   output_prefix="para", prediction_header="Predicted_Is_Paraphrase"),
@@ -39,7 +43,10 @@ def build_task(name: str, spec: dict) -> Task:
     """A task from its spec; `spec` overrides the built-in of the same name, if any.
 
     Errors name the task and the key, for config files."""
-    spec = {**BUILTIN.get(name, {}), **spec}
+    builtin = dict(BUILTIN.get(name, {}))
+    if "num_classes" in spec and "label_names" not in spec:  # other classes, other names
+        builtin.pop("label_names", None)
+    spec = {**builtin, **spec}
     kind = spec.pop("kind", None)
     if kind is None:
         raise ValueError(f"tasks.{name}: not a built-in task ({', '.join(BUILTIN)}), so it "

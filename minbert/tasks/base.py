@@ -54,6 +54,11 @@ class Task:
         return ()
 
     @property
+    def class_names(self) -> list[str] | None:
+        """The name of each class ("negative", "duplicate"), for outputs; None for scores."""
+        return None
+
+    @property
     def value_range(self) -> tuple[float, float] | None:
         """The range of a predicted score, for figures' axes; None for classes."""
         return None

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from minbert.tasks.base import KINDS, Task
+
+
+MAX_CLASSES = 100_000  # a head of this many outputs is still a few hundred MB at bert-base
 
 
 def _kl_categorical(p_logits, q_logits):
@@ -35,12 +38,17 @@ class ClassificationTask(Task):
     # ordered classes only: the smoothing's share goes to the other classes by closeness,
     # in proportion to exp(-|k - gold|) (most SST errors are one class away)
     ordinal_smoothing: bool = False
+    label_names: list = field(default_factory=list)  # a name per class, in class order
     metric_name = "accuracy"
     metric_abbreviation = "acc"
 
     @property
     def classes(self):
         return list(range(self.num_classes))
+
+    @property
+    def class_names(self):
+        return list(self.label_names) or [str(c) for c in self.classes]
 
     @property
     def analyses(self):
@@ -57,9 +65,9 @@ class ClassificationTask(Task):
     def check(self) -> None:
         super().check()
         if (isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int)
-                or self.num_classes < 2):
-            raise ValueError(f"tasks.{self.name}.num_classes: an integer ≥ 2, got "
-                             f"{self.num_classes!r}")
+                or not 2 <= self.num_classes <= MAX_CLASSES):
+            raise ValueError(f"tasks.{self.name}.num_classes: an integer from 2 to "
+                             f"{MAX_CLASSES:,}, got {self.num_classes!r}")
         for key in ("ordinal", "ordinal_smoothing"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"tasks.{self.name}.{key}: true or false, got "
@@ -69,6 +77,13 @@ class ClassificationTask(Task):
                 or not 0 <= smoothing < 1:
             raise ValueError(f"tasks.{self.name}.label_smoothing: a number in [0, 1), got "
                              f"{smoothing!r}")
+        names = self.label_names
+        if not isinstance(names, list) or names and (
+                len(names) != self.num_classes
+                or not all(isinstance(n, str) and n.strip() for n in names)
+                or len(set(names)) != len(names)):
+            raise ValueError(f"tasks.{self.name}.label_names: {self.num_classes} distinct "
+                             f"names, one per class, got {names!r}")
         if self.ordinal_smoothing and not self.ordinal:
             raise ValueError(f"tasks.{self.name}.ordinal_smoothing needs ordered classes "
                              "(ordinal = true)")
