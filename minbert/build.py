@@ -16,11 +16,11 @@ import torch
 
 from minbert.combiners import Combiner, make_combiner
 from minbert.config import ConfigKeyError, RunConfig, build_config, load_config
-from minbert.data import EncodedTask, Examples
+from minbert.data import EncodedTask
 from minbert.devices import resolve_device
 from minbert.regularizers import REGULARIZERS, Regularizer
 from minbert.samplers import Sampler, make_sampler
-from minbert.tasks import BUILTIN, Task, build_tasks
+from minbert.tasks import BUILTIN, Task, build_tasks, read_split
 from minbert.tokenizer import Tokenizer
 
 
@@ -106,19 +106,6 @@ def encode_train(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer
         if held_out is not None:
             validation_sets[name] = EncodedTask(name, held_out, tokenizer, encoding)
     return train_sets, validation_sets, counts
-
-
-def read_split(config: RunConfig, task: Task, split: str, labelled: bool = True
-               ) -> Examples | None:
-    """One split ('dev' or 'test') of a task as Examples (dev cut to data.dev_limit), or
-    None when the task has no such file."""
-    file = task.dev_file if split == "dev" else task.test_file
-    if not file:
-        return None
-    examples = task.read(Path(config.data.dir) / file, labelled=labelled)
-    if split == "dev" and config.data.dev_limit:
-        examples = examples.subset(range(min(len(examples), config.data.dev_limit)))
-    return examples
 
 
 def encode_split(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -77,8 +78,10 @@ def cmd_pretrain(args):
 
 def cmd_tune(args):
     from minbert.tuning import Study
+    from minbert.tuning.study import STORAGE_ENV
     study = Study.from_config(args.config, args.overrides, run_dir=args.run_dir,
-                              trials=args.trials, storage=args.storage, jobs=args.jobs)
+                              trials=args.trials, jobs=args.jobs,
+                              storage=args.storage or os.environ.get(STORAGE_ENV))
     summary = study.run(worker=args.worker, threads=args.threads)
     if args.worker is None:
         print(f"\nstudy {study.name!r} ({study.folder}): {summary['trials']} trials, "
@@ -115,7 +118,7 @@ def _inputs(examples):
 
 
 def cmd_evaluate(args):
-    from minbert.build import read_split
+    from minbert.tasks import read_split
     from minbert.evaluation import format_table, overall_score
     from minbert.loading import check_run_folder
     from minbert.runs import write_evaluation, write_text_atomic, writable_folder
@@ -130,7 +133,7 @@ def cmd_evaluate(args):
         if examples is None:
             continue
         prediction = predictor.predict(name, _inputs(examples),
-                                       config.data.eval_batch_size)
+                                       config.data.eval_batch_size, progress=True)
         metrics[name] = task.metric(prediction.values, examples.labels)
         predictions[name] = (examples.ids, prediction.values)
     metrics["overall"] = overall_score(metrics, predictor.tasks)
@@ -169,7 +172,8 @@ def cmd_predict(args):
     if len(args.run_dirs) > 1 and not args.out:
         raise ValueError("an ensemble's leaderboard files need --out FOLDER")
     folder = check_run_folder(args.run_dirs[0])
-    out = writable_folder(args.out or folder.predictions, "output")
+    # RUN/leaderboard by default: predictions/ holds what training scored (compare, report)
+    out = writable_folder(args.out or folder.path / "leaderboard", "output")
     predictor = _predictor(args, args.run_dirs)
     config = predictor.runs[0].config
     for split in args.splits:
@@ -180,7 +184,7 @@ def cmd_predict(args):
                 continue
             examples = task.read(Path(config.data.dir) / file, labelled=split == "dev")
             prediction = predictor.predict(name, _inputs(examples),
-                                           config.data.eval_batch_size)
+                                           config.data.eval_batch_size, progress=True)
             path = prediction_file(out, task, split)
             write_prediction_file(path, task, examples.ids, prediction.values)
             print(f"wrote {path} ({len(examples)} rows)")
@@ -205,7 +209,7 @@ def _predict_new_text(args):
         raise ValueError(f"--columns {args.columns}: task {args.task} reads "
                          f"{len(task.text_columns)} text column(s)")
     inputs, ids = read_inputs(args.input, columns, table=True if args.columns else None)
-    prediction = predictor.predict(args.task, inputs, progress=len(inputs) > 1000)
+    prediction = predictor.predict(args.task, inputs, progress=True)
     write_outputs(args.out, inputs, prediction, ids=ids)
     if args.out:
         print(f"wrote {args.out} ({len(inputs)} rows)", file=sys.stderr)
@@ -240,17 +244,20 @@ def cmd_compare(args):
 
 
 def cmd_export(args):
-    from minbert.export import check_export_target, export_run
+    from minbert.export import check_export_target, export_run, replacing
     from minbert.loading import check_run_folder, load_run
     folder = check_run_folder(args.run_dir)
     check_export_target(folder.path, args.out)
     run = load_run(folder.path)
-    out = export_run(run.model, run.config, args.out)
+    with replacing(args.out) as tmp:  # OUT is replaced whole, or left as it was
+        export_run(run.model, run.config, tmp)
+        if args.onnx:
+            from minbert.onnx_backend import export_onnx
+            graphs = export_onnx(run.model, run.tasks, tmp)
     if args.onnx:
-        from minbert.onnx_backend import export_onnx
-        for path in export_onnx(run.model, run.tasks, out):
-            print(f"wrote {path}")
-    print(f"wrote {out} (HF BertModel folder) with heads.safetensors and heads.json")
+        for path in graphs:
+            print(f"wrote {Path(args.out) / path.relative_to(tmp)}")
+    print(f"wrote {args.out} (HF BertModel folder) with heads.safetensors and heads.json")
     return 0
 
 
@@ -268,7 +275,9 @@ def cmd_data(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from minbert import __version__
     parser = argparse.ArgumentParser(prog="minbert", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"minbert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train on the config's tasks, evaluating on dev each epoch")
     p.add_argument("--config", help="TOML config file (configs/*.toml)")
@@ -322,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "compare` and `minbert report`")
         if name == "predict":
             p.add_argument("--out", help="leaderboard mode: output folder (default "
-                                         "RUN_DIR/predictions); new text: a .csv or .jsonl "
-                                         "file (default: CSV on stdout)")
+                                         "RUN_DIR/leaderboard); new text: a .csv, .tsv or "
+                                         ".jsonl file (default: CSV on stdout)")
             p.add_argument("--splits", nargs="+", default=["dev", "test"],
                            choices=["dev", "test"])
             p.add_argument("--task", help="new text: the task to predict (sst, quora, ...)")
@@ -366,9 +375,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PACKAGE = str(Path(__file__).resolve().parent)
+_format_warning = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """minbert's own warnings as one line (`minbert: warning: ...`); others as Python
+    shows them."""
+    from minbert.data import MinbertWarning
+    if issubclass(category, MinbertWarning) or str(Path(filename).resolve()).startswith(
+            _PACKAGE):
+        return f"minbert: warning: {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
+    warnings.formatwarning = _one_line_warning
     from minbert.compare import CompareError
     from minbert.data import DataError
     from minbert.onnx_backend import OnnxExportError
@@ -387,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"minbert {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"minbert {args.command}: interrupted; a run resumes from its last checkpoint "
+              "when the same command is given again", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ the seed-to-seed variance a single pair of runs cannot show.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -77,12 +78,11 @@ def compare_predictions(tasks: dict[str, Task], labels: dict[str, np.ndarray],
     return rows
 
 
-def compare_runs(folder_a, folder_b, resamples: int = 10_000, seed: int = 0) -> list[Difference]:
-    """Two run folders' best-model dev predictions, compared on the examples they share;
-    runs with other tasks or other example ids are refused with the difference named."""
-    run_a, run_b = read_outputs(folder_a), read_outputs(folder_b)
+def check_comparable(run_a, run_b, name_a, name_b) -> None:
+    """Two runs' outputs over the same tasks and dev examples with the same labels; else a
+    CompareError naming what differs."""
     if list(run_a.tasks) != list(run_b.tasks):
-        raise CompareError(f"{folder_a} has tasks {list(run_a.tasks)}, {folder_b} has "
+        raise CompareError(f"{name_a} has tasks {list(run_a.tasks)}, {name_b} has "
                            f"{list(run_b.tasks)}; compare runs of the same tasks")
     for name in run_a.tasks:
         ids_a, ids_b = run_a.ids[name], run_b.ids[name]
@@ -91,24 +91,39 @@ def compare_runs(folder_a, folder_b, resamples: int = 10_000, seed: int = 0) -> 
             only_b = sorted(set(ids_b) - set(ids_a))
             raise CompareError(
                 f"{name}: the runs were scored on different dev examples ({len(ids_a)} vs "
-                f"{len(ids_b)}; only in {folder_a}: {only_a[:5]}, only in {folder_b}: "
+                f"{len(ids_b)}; only in {name_a}: {only_a[:5]}, only in {name_b}: "
                 f"{only_b[:5]}); compare runs scored on the same dev files and dev_limit")
         if not np.array_equal(run_a.labels[name], run_b.labels[name]):
             raise CompareError(f"{name}: the same ids carry different gold labels in the two "
                                "runs' dev files")
+
+
+def compare_runs(folder_a, folder_b, resamples: int = 10_000, seed: int = 0) -> list[Difference]:
+    """Two run folders' best-model dev predictions, compared on the examples they share;
+    runs with other tasks or other example ids are refused with the difference named."""
+    run_a, run_b = read_outputs(folder_a), read_outputs(folder_b)
+    check_comparable(run_a, run_b, folder_a, folder_b)
     return compare_predictions(run_a.tasks, run_a.labels, run_a.predictions, run_b.predictions,
                                resamples, seed)
 
 
 def compare_seed_runs(folder_a, folder_b) -> list[Difference]:
-    """Mean of A − B over the seeds both `--seeds` folders hold, with its 95% t-interval."""
+    """Mean of A − B over the seeds both `--seeds` folders hold, with its 95% t-interval.
+    The folders must hold runs of the same tasks, scored on the same dev examples."""
     runs = [seed_results(folder_a), seed_results(folder_b)]
     common = sorted(set(runs[0]) & set(runs[1]), key=int)
     if len(common) < 2:
         raise CompareError(f"{folder_a} and {folder_b} share {len(common)} seed(s) "
                            f"({', '.join(common) or 'none'}); a seed comparison needs two")
+    keys = [list(runs[i][common[0]]) for i in (0, 1)]
+    if keys[0] != keys[1]:
+        raise CompareError(f"{folder_a} has {keys[0]}, {folder_b} has {keys[1]}; compare "
+                           "seeds of runs with the same tasks")
+    folders = [Path(folder_a) / f"seed-{common[0]}", Path(folder_b) / f"seed-{common[0]}"]
+    if all((f / "predictions").is_dir() for f in folders):  # their examples, where kept
+        check_comparable(read_outputs(folders[0]), read_outputs(folders[1]), *folders)
     rows = []
-    for key in runs[0][common[0]]:
+    for key in keys[0]:
         a = [runs[0][s][key] for s in common]
         b = [runs[1][s][key] for s in common]
         interval = mean_interval(np.subtract(a, b))

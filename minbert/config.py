@@ -190,7 +190,7 @@ _CHOICES = {
 # numeric ranges: (lowest, highest, lowest allowed?, highest allowed?); None: unbounded
 _RANGES = {
     "model.head_dropout": (0, 1, True, False),
-    "model.max_length": (1, None, True, None),
+    "model.max_length": (8, None, True, None),  # [CLS] a [SEP] b [SEP] needs room for words
     "data.batch_size": (1, None, True, None),
     "data.eval_batch_size": (1, None, True, None),
     "data.dev_limit": (0, None, True, None),

@@ -25,6 +25,11 @@ class DataError(ValueError):
     """A data file that cannot be used; the message names the file (and line)."""
 
 
+class MinbertWarning(UserWarning):
+    """Something the user should know that does not stop the work (rows skipped, inputs
+    truncated); the CLI prints it as one line, `minbert: warning: ...`."""
+
+
 @dataclass
 class Examples:
     """One split of one task, column-wise: ids, one or two text columns, labels (or None)."""
@@ -115,8 +120,13 @@ def read_examples(path: str | Path, text_columns: Sequence[str], label_column: s
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; the header has "
                         f"{[c for c in header if c]}")
+    repeated = sorted({c for c in needed if header.count(c) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header names {repeated} more than once; which one is "
+                        "meant is not clear")
     at = {name: header.index(name) for name in needed}
     ids, texts, labels, skipped = [], [[] for _ in text_columns], [], []
+    first_line: dict[str, int] = {}  # id -> the line it was first seen on
     for line, row in rows:
         if len(row) != len(header):
             raise DataError(f"{path}, line {line}: {len(row)} fields where the header has "
@@ -131,12 +141,17 @@ def read_examples(path: str | Path, text_columns: Sequence[str], label_column: s
             except ValueError as e:
                 raise DataError(f"{path}, line {line}, column {label_column!r}: {e}") from None
             labels.append(label)
-        ids.append(row[at["id"]])
+        example_id = row[at["id"]]
+        if example_id in first_line:
+            raise DataError(f"{path}, line {line}: id {example_id!r} is already on line "
+                            f"{first_line[example_id]}; every example needs its own id")
+        first_line[example_id] = line
+        ids.append(example_id)
         for column, name in zip(texts, text_columns):
             column.append(row[at[name]])
     if skipped:
         warnings.warn(f"{path}: skipped {len(skipped)} row(s) with an empty label: "
-                      f"{', '.join(skipped[:20])}", stacklevel=2)
+                      f"{', '.join(skipped[:20])}", MinbertWarning, stacklevel=2)
     if not ids:
         raise DataError(f"{path}: no usable rows")
     return Examples(ids, texts, np.asarray(labels, dtype=np.float64) if label_column else None)

@@ -7,6 +7,7 @@ import torch
 
 from minbert import distributed
 from minbert.data import EncodedTask
+from minbert.progress import Progress
 from minbert.tasks import Task
 
 
@@ -27,15 +28,15 @@ def outputs(model, task: Task, data: EncodedTask, batch_size: int, device,
     out = torch.zeros(len(data), task.num_outputs, dtype=torch.float64)
     batches = list(data.sorted_batches(batch_size))
     mine = batches[distributed.rank()::distributed.world_size()]  # DDP: a share
-    if progress:
-        from tqdm import tqdm
-        mine = tqdm(mine, desc=data.name, unit="batch", mininterval=2, leave=False)
-    for indices in mine:
-        batch = data.batch(indices).to(device)
-        with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
-                            enabled=autocast_dtype is not None):
-            logits = model(batch).float()
-        out[torch.as_tensor(indices)] = logits.cpu().double()
+    with Progress(len(mine), f"scoring {data.name}", unit="batch",
+                  enabled=progress and distributed.is_main()) as bar:
+        for indices in mine:
+            batch = data.batch(indices).to(device)
+            with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
+                                enabled=autocast_dtype is not None):
+                logits = model(batch).float()
+            out[torch.as_tensor(indices)] = logits.cpu().double()
+            bar.update()
     model.train(was_training)
     if distributed.active():  # every rank filled its own batches; the sum is all of them
         out = distributed.all_reduce_sum_(out.to(device)).cpu()
@@ -43,18 +44,20 @@ def outputs(model, task: Task, data: EncodedTask, batch_size: int, device,
 
 
 def predict(model, task: Task, data: EncodedTask, batch_size: int, device,
-            autocast_dtype=None) -> np.ndarray:
+            autocast_dtype=None, progress: bool = False) -> np.ndarray:
     """Predictions in label units for every example of `data`, in file order."""
-    logits = outputs(model, task, data, batch_size, device, autocast_dtype)
+    logits = outputs(model, task, data, batch_size, device, autocast_dtype, progress)
     return task.predict(logits.float()).double().numpy()
 
 
 def evaluate(model, tasks: dict[str, Task], datasets: dict[str, EncodedTask], batch_size: int,
-             device, autocast_dtype=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+             device, autocast_dtype=None, progress: bool = False
+             ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Per-task metric and the overall score on labelled splits; also the predictions."""
     metrics, predictions = {}, {}
     for name, data in datasets.items():
-        predictions[name] = predict(model, tasks[name], data, batch_size, device, autocast_dtype)
+        predictions[name] = predict(model, tasks[name], data, batch_size, device, autocast_dtype,
+                                    progress)
         metrics[name] = tasks[name].metric(predictions[name], data.examples.labels)
     metrics["overall"] = overall_score(metrics, tasks)
     return metrics, predictions

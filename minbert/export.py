@@ -7,7 +7,9 @@ heads go to heads.safetensors with heads.json describing them (and the run's con
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,11 +23,35 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
 
 
 def check_export_target(run_dir: str | Path, out: str | Path) -> None:
-    """An export never writes into the run it comes from (it would replace config.json)."""
+    """An export never writes into the run it comes from (it would replace config.json),
+    nor into a folder that holds anything but an earlier export (which it replaces)."""
     run, target = Path(run_dir).resolve(), Path(out).resolve()
     if target == run or run in target.parents:
         raise ValueError(f"export: OUT {out} is the run folder {run_dir} or inside it; give "
                          "a folder outside the run")
+    if target.is_dir() and any(target.iterdir()) and not (target / "heads.json").is_file():
+        raise ValueError(f"export: OUT {out} holds files that are not an export (a run, or "
+                         "something else); give a new folder")
+
+
+@contextlib.contextmanager
+def replacing(out: str | Path):
+    """A folder beside `out` to write into; on success it takes `out`'s place whole (an
+    earlier export there is removed, nothing of it kept), on failure it is removed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = out.with_name(f".{out.name}.{os.getpid()}.old")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export_run(model, config, out: str | Path) -> Path:

@@ -30,15 +30,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from minbert.build import read_split
 from minbert.config import RunConfig, flatten
 from minbert.data import DataError
 from minbert.devices import resolve_device, resolve_precision
 from minbert.model import ACTIVATIONS, BertModel
 from minbert.optim import adamw, linear_schedule, param_groups
+from minbert.progress import Progress
 from minbert.pretrained import load_state_dict, resolve_checkpoint
 from minbert.runs import RunError, RunFolder, load_state, save_state, write_text_atomic
-from minbert.tasks import build_tasks
+from minbert.tasks import build_tasks, read_split
 from minbert.tokenizer import Tokenizer, pad_batch
 
 IGNORE = -100
@@ -185,6 +185,10 @@ class Pretrainer:
 
     def _check_folder(self) -> bool:
         saved_file = self.folder.path / "pretrain.json"
+        if not saved_file.is_file() and (self.folder.config_file.is_file()
+                                          or self.folder.is_evaluation()):
+            raise RunError(f"{self.folder.path} holds a training run or an evaluation, not a "
+                           "pretraining; give pretrain.run_dir a folder of its own")
         if self.overwrite:
             self._clear()
         elif saved_file.is_file():
@@ -318,8 +322,7 @@ class Pretrainer:
     def train_epoch(self) -> bool:
         s = self.settings
         plan = self.batches(self.epoch)
-        progress = tqdm(total=len(plan), initial=self.step, desc=f"pretrain epoch "
-                        f"{self.epoch + 1}", mininterval=5, disable=None, dynamic_ncols=True)
+        progress = Progress(len(plan), f"pretrain epoch {self.epoch + 1}", initial=self.step)
         window, start = [], time.perf_counter()
         while self.step < len(plan):
             rows = [self.train_set[i] for i in plan[self.step]]

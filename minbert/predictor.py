@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from minbert.data import EncodedTask, Examples
+from minbert.data import EncodedTask, Examples, MinbertWarning
 from minbert.evaluation import outputs
 from minbert.devices import resolve_device, resolve_precision
 from minbert.loading import LoadedRun, load_run
@@ -138,7 +138,7 @@ class Predictor:
             if data.truncated:
                 warnings.warn(f"{data.truncated} of {len(examples)} inputs are longer than "
                               f"{run.tokenizer.max_length} tokens and were truncated",
-                              stacklevel=2)
+                              MinbertWarning, stacklevel=2)
             results.append(outputs(run.model, spec, data, batch_size, self.device,
                                    self.autocast, progress).float())
         # the members' mean prediction (class probabilities, or scores) as the task says

@@ -114,6 +114,11 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     if len(set(names)) != len(names):  # two folders with one name: qualify by parent
         for r in runs:
             r.name = f"{r.folder.parent.name}-{r.folder.name}"
+    seen: dict[str, int] = {}
+    for r in runs:  # still the same (g1/x/run, g2/x/run): numbered, so no file is shared
+        seen[r.name] = seen.get(r.name, 0) + 1
+        if seen[r.name] > 1:
+            r.name = f"{r.name}-{seen[r.name]}"
     results = [analyse_run(r, out) for r in runs]
     tasks = {}  # every run's tasks, in order of first appearance
     for run in runs:

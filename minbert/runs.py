@@ -7,7 +7,8 @@ that holds everything it produced.
     RUN_DIR/best.pt         the model with the best overall score on the selection split
                             (dev, or data.validation's held-out split; then also its dev
                             scores), its metrics and config
-    RUN_DIR/predictions/    leaderboard files (the best model's dev files; `minbert predict`)
+    RUN_DIR/predictions/    the best model's dev predictions in the leaderboard's format
+    RUN_DIR/leaderboard/    `minbert predict RUN`'s dev and test files
     RUN_DIR/run.lock        held by the process that trains in the folder
     RUN_DIR/seed-N/, seeds.json   with `--seeds`: one such run per seed, and their summary
                             (minbert/seeds.py)
@@ -45,7 +46,7 @@ import numpy as np
 import torch
 
 from minbert.config import RunConfig, build_config, flatten
-from minbert.tasks import Task, build_tasks
+from minbert.tasks import Task, build_tasks, read_split
 
 # config keys that may change between a run and its resumption
 RESUMABLE_CHANGES = {"run_dir", "data.dir", "data.eval_batch_size", "train.device",
@@ -56,7 +57,7 @@ RESUMABLE_CHANGES = {"run_dir", "data.dir", "data.eval_batch_size", "train.devic
 OTHER_COMMANDS = ("pretrain.", "tune")
 # what a run writes into its folder (and what --overwrite removes)
 RUN_FILES = ("config.json", "log.jsonl", "checkpoint.pt", "best.pt", "dev-metrics.json")
-RUN_FOLDERS = ("predictions", "tensorboard")
+RUN_FOLDERS = ("predictions", "tensorboard", "leaderboard")
 
 
 class RunError(RuntimeError):
@@ -120,6 +121,18 @@ def config_changes(saved: dict, config: RunConfig) -> list[str]:
             and not k.startswith(OTHER_COMMANDS)]
 
 
+def _open_plain(path: Path, flags: int) -> int:
+    """os.open that refuses a symbolic link: a run file in a shared folder that points
+    elsewhere would have its target truncated or overwritten."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if path.is_symlink():
+            raise RunError(f"{path}: is a symbolic link (to {os.readlink(path)}); a run "
+                           "file must be a file of the run folder") from None
+        raise
+
+
 class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -138,7 +151,8 @@ class RunFolder:
     def append(self, record: dict) -> dict:
         """Appends one record (stamped with the time) to the log; returns it."""
         record = {"time": round(time.time(), 1), **record}
-        with open(self.log_file, "a", encoding="utf-8") as fp:
+        fd = _open_plain(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with os.fdopen(fd, "a", encoding="utf-8") as fp:
             fp.write(json.dumps(record) + "\n")
         return record
 
@@ -185,8 +199,11 @@ class RunFolder:
     def truncate_log(self, size: int) -> None:
         """Drops what was logged after a checkpoint that recorded the log's `size`."""
         if self.log_file.exists():
-            with open(self.log_file, "r+b") as fp:
-                fp.truncate(size)
+            fd = _open_plain(self.log_file, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
 
     def is_evaluation(self) -> bool:
         """Whether the folder was written by `minbert evaluate --out` (not by training)."""
@@ -214,7 +231,7 @@ class RunFolder:
         """Takes the folder for this process (released when it exits, even by kill -9).
         Another live process holding it is an error naming its PID."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_plain(self.lock_file, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -274,6 +291,11 @@ class RunFolder:
         results), is refused unless `overwrite`."""
         self.lock()
         try:
+            foreign = self.foreign_files()
+            if foreign and not overwrite:
+                raise RunError(f"{self.path} holds {', '.join(foreign)} but no training run of "
+                               "its own (no config.json); use another run_dir, or --overwrite "
+                               "to replace them")
             changes = (self.saved_config_changes(config)
                        if self.config_file.is_file() and not overwrite else [])
             if changes:
@@ -293,6 +315,16 @@ class RunFolder:
             yield self
         finally:
             self.unlock()
+
+    def foreign_files(self) -> list[str]:
+        """What another tool (or a user) left here that a training run would remove: run
+        files without the run's config.json, an evaluation's or a pretraining's files."""
+        names = [n for n in (*RUN_FILES, *RUN_FOLDERS) if (self.path / n).exists()]
+        if (self.path / "pretrain.json").exists():
+            return ["a pretraining (pretrain.json)"]
+        if self.is_evaluation():
+            return ["an evaluation (minbert evaluate --out)"]
+        return names if names and not self.config_file.is_file() else []
 
     def clear(self) -> None:
         """Removes what a run wrote here (other files in the folder are left alone)."""
@@ -386,10 +418,15 @@ def read_outputs(folder: str | Path) -> RunOutputs:
     for name, task in tasks.items():
         path = prediction_file(run.predictions, task, "dev")
         if not path.is_file():
-            raise RunError(f"{run.path}: missing predictions/{path.name}; run `minbert "
-                           f"predict {run.path} --splits dev` first")
+            raise RunError(f"{run.path}: missing predictions/{path.name}; score the run "
+                           f"with `minbert evaluate {run.path} --out DIR` and use DIR")
         predicted = read_prediction_file(path)
-        examples = task.read(Path(config.data.dir) / task.dev_file)
+        examples = read_split(config, task, "dev")  # what the run scored (dev_limit)
+        if len(predicted) < len(examples):
+            raise RunError(f"{path}: holds {len(predicted)} of the {len(examples)} dev "
+                           "predictions the "
+                           "run made (a write cut short?); score the run again with `minbert "
+                           f"evaluate {run.path} --out DIR`")
         keep = [i for i, example_id in enumerate(examples.ids) if example_id in predicted]
         outputs.ids[name] = [examples.ids[i] for i in keep]
         outputs.labels[name] = examples.labels[keep]

@@ -25,6 +25,7 @@ from minbert.evaluation import evaluate, format_table, overall_score
 from minbert.loading import build_model
 from minbert.multitask import MultiTaskModel
 from minbert.optim import adamw, linear_schedule, param_groups
+from minbert.progress import Progress
 from minbert.runs import (RunError, RunFolder, config_changes, load_state, prediction_file,
                           save_state, write_prediction_file)
 from minbert.samplers import plan_epoch
@@ -141,9 +142,8 @@ class Trainer:
         self.model.train()
         while self.epoch < cfg.epochs:
             steps = self._plan(self.epoch)
-            progress = tqdm(total=len(steps), initial=self.step, desc=f"epoch {self.epoch + 1}",
-                            mininterval=5, disable=None if self.main else True,
-                            dynamic_ncols=True)
+            progress = Progress(len(steps), f"epoch {self.epoch + 1}", initial=self.step,
+                                enabled=self.main)
             window = {"tokens": 0, "slots": 0, "examples": 0, "time": time.perf_counter(),
                       "loss": {}}
             while self.step < len(steps):
@@ -193,7 +193,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         metrics, predictions = evaluate(self.model, self.tasks, self.dev_sets,
                                         self.config.data.eval_batch_size, self.device,
-                                        self.autocast)
+                                        self.autocast, progress=self.main)
         self.model.load_state_dict(current)
         self.log({"type": "final", "selected_epoch": state["epoch"],
                   "validation": state["metrics"], "dev": metrics})
@@ -270,7 +270,7 @@ class Trainer:
         chosen_on = self.validation_sets or self.dev_sets
         metrics, predictions = evaluate(self.model, self.tasks, chosen_on,
                                         self.config.data.eval_batch_size, self.device,
-                                        self.autocast)
+                                        self.autocast, progress=self.main)
         train_metrics = {}
         for name in self.tasks:  # every rank's training predictions
             parts = distributed.gather_objects(self.train_outputs[name])
@@ -324,7 +324,7 @@ class Trainer:
         self.model.load_state_dict(averaged)
         metrics, predictions = evaluate(self.model, self.tasks, chosen_on,
                                         self.config.data.eval_batch_size, self.device,
-                                        self.autocast)
+                                        self.autocast, progress=self.main)
         self.model.load_state_dict(current)
         self.log({"type": "average", "epochs": self.averaged_epochs, self.selection: metrics})
         if self.main:

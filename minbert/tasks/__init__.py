@@ -13,11 +13,16 @@ name and gives the columns and files:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import fields
+from pathlib import Path
 
+from minbert.data import Examples
 from minbert.tasks.base import KINDS, Task
 from minbert.tasks.classification import ClassificationTask
 from minbert.tasks.regression import RegressionTask
+
+TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 BUILTIN: dict[str, dict] = {
     "sst": dict(kind="classification", num_classes=5, ordinal=True,
@@ -43,6 +48,9 @@ def build_task(name: str, spec: dict) -> Task:
     """A task from its spec; `spec` overrides the built-in of the same name, if any.
 
     Errors name the task and the key, for config files."""
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+        raise ValueError(f"task name {name!r}: use letters, digits, '_' and '-', starting with "
+                         "a letter (a task's name becomes file names and report headings)")
     builtin = dict(BUILTIN.get(name, {}))
     if "num_classes" in spec and "label_names" not in spec:  # other classes, other names
         builtin.pop("label_names", None)
@@ -76,5 +84,17 @@ def build_tasks(config) -> dict[str, Task]:
             for name in config.data.tasks}
 
 
+def read_split(config, task: Task, split: str, labelled: bool = True) -> Examples | None:
+    """One split ('dev' or 'test') of a task as Examples (dev cut to data.dev_limit), or
+    None when the task has no such file."""
+    file = task.dev_file if split == "dev" else task.test_file
+    if not file:
+        return None
+    examples = task.read(Path(config.data.dir) / file, labelled=labelled)
+    if split == "dev" and config.data.dev_limit:
+        examples = examples.subset(range(min(len(examples), config.data.dev_limit)))
+    return examples
+
+
 __all__ = ["BUILTIN", "KINDS", "ClassificationTask", "RegressionTask", "Task", "build_task",
-           "build_tasks"]
+           "build_tasks", "read_split"]

@@ -55,13 +55,38 @@ def _storage(url: str, study_dir: Path):
         raise TuneError(f"--storage / tune.storage {_shown(url)!r}: {e}") from None
 
 
+SECRET_PARAMETERS = ("password", "passwd", "pwd")
+STORAGE_ENV = "MINBERT_TUNE_STORAGE"  # how a worker receives the URL: never on its argv
+
+
 def _shown(url: str) -> str:
-    """The URL without its password (study.json and messages may be shared)."""
-    if "://" not in url or "@" not in url:
+    """The URL without its password, in the user part or the query (study.json, best.toml
+    and messages may be shared)."""
+    from urllib.parse import parse_qsl, urlencode
+    if "://" not in url:
         return url
     scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    rest, _, query = rest.partition("?")
+    if "@" in rest:
+        credentials, host = rest.rsplit("@", 1)
+        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
+    if query:
+        pairs = [(k, "***" if k.lower() in SECRET_PARAMETERS else v)
+                 for k, v in parse_qsl(query, keep_blank_values=True)]
+        rest += "?" + urlencode(pairs, safe="*")
+    return f"{scheme}://{rest}"
+
+
+def _split_storage(overrides: list[str]) -> tuple[list[str], str | None]:
+    """The overrides without `tune.storage=...` (which may hold a password), and its URL."""
+    kept, storage = [], None
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys == ["tune", "storage"] and isinstance(value, str):
+            storage = value
+        else:
+            kept.append(text)
+    return kept, storage
 
 
 def _sampler(tune: TuneConfig, seed: int):
@@ -116,8 +141,9 @@ class Study:
     @classmethod
     def from_config(cls, config_file, overrides=(), run_dir=None, trials=None, storage=None,
                     jobs=None) -> "Study":
-        overrides = list(overrides)
-        values = read_values(config_file, overrides)
+        values = read_values(config_file, list(overrides))
+        overrides, storage_override = _split_storage(list(overrides))
+        storage = storage or storage_override
         if run_dir:
             values["run_dir"] = run_dir
         config, tune, dimensions = check_study(values, str(config_file))
@@ -197,9 +223,9 @@ class Study:
         command = [sys.executable, "-m", "minbert", "tune", "--config", str(self.config_file),
                    "--run-dir", str(self.folder), "--trials", str(self.tune.trials),
                    "--threads", str(threads), *self.overrides]
-        if self.storage_url:
-            command += ["--storage", self.storage_url]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        if self.storage_url:  # in the environment, not on the command line (ps shows it)
+            env[STORAGE_ENV] = self.storage_url
         print(f"{jobs} workers, {threads} thread{'s' if threads > 1 else ''} each", file=sys.stderr)
         workers = [subprocess.Popen([*command, "--worker", str(i)], env=env)
                    for i in range(jobs)]

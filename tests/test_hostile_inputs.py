@@ -1,0 +1,271 @@
+"""Inputs crafted to do harm: names that would escape the output folder or inject markup,
+links and foreign folders that would be clobbered, outputs cut short, runs that are not
+comparable, secrets that would be written down. Each is refused with one line naming the
+file or key, and nothing outside the asked-for folder changes."""
+import json
+import shutil
+
+import pytest
+
+from minbert import cli
+from minbert.build import checked_config
+from minbert.config import ConfigKeyError
+from minbert.data import DataError, read_examples
+from minbert.runs import RunError, RunFolder
+from minbert.training import train
+
+from helpers import tiny_config_values, write_task_files
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_checkpoint):
+    """A one-epoch tiny run and its config values."""
+    root = tmp_path_factory.mktemp("hostile")
+    write_task_files((root / "data").mkdir() or root / "data")
+    values = tiny_config_values(root / "data", tiny_checkpoint, root / "run", epochs=1)
+    train(checked_config(values))
+    return root / "run", values
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+    """A private copy of the finished run, to tamper with."""
+    shutil.copytree(finished[0], tmp_path / "run")
+    return tmp_path / "run"
+
+
+def one_line_error(args, capsys) -> str:
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+# ---------------------------------------------------------------------- names
+@pytest.mark.parametrize("name", ["/somewhere/ABS", "../../x", "<img src=x onerror=alert(1)>",
+                                  "a.b", ""])
+def test_a_task_name_that_is_a_path_or_markup_is_refused_when_the_config_loads(name):
+    values = {"data": {"tasks": [name]},
+              "tasks": {name: {"kind": "classification", "text_columns": ["sentence"],
+                               "label_column": "label", "train_files": ["x.csv"]}}}
+    with pytest.raises(ConfigKeyError, match="task name|data.tasks must list"):
+        checked_config(values)
+
+
+def test_a_crafted_config_json_cannot_make_the_report_write_outside_its_folder(
+        run, tmp_path, capsys):
+    saved = json.loads((run / "config.json").read_text())
+    saved["data"]["tasks"] = ["../../escaped", *saved["data"]["tasks"]]
+    saved["tasks"]["../../escaped"] = {"kind": "regression", "text_columns": ["sentence"],
+                                       "label_column": "y", "train_files": ["x.csv"]}
+    (run / "config.json").write_text(json.dumps(saved))
+    err = one_line_error(["report", str(run), "--out", str(tmp_path / "out" / "report")],
+                         capsys)
+    assert "task name '../../escaped'" in err
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_runs_whose_folder_and_parent_share_names_get_their_own_report_sections(
+        finished, tmp_path):
+    from minbert.reports import write_report
+    for group in ("g1", "g2"):
+        shutil.copytree(finished[0], tmp_path / group / "x" / "run")
+    write_report([tmp_path / "g1" / "x" / "run", tmp_path / "g2" / "x" / "run"],
+                 tmp_path / "report")
+    folders = sorted(p.name for p in (tmp_path / "report").iterdir() if p.is_dir())
+    assert folders == ["x-run", "x-run-2"]
+    assert all((tmp_path / "report" / f / "analysis.json").is_file() for f in folders)
+
+
+# ---------------------------------------------------------------------- folders
+@pytest.mark.parametrize("name", ["run.lock", "log.jsonl"])
+def test_a_run_file_that_is_a_symbolic_link_is_refused_and_its_target_kept(
+        finished, tmp_path, name):
+    """A shared folder's lock or log pointing elsewhere: resuming would truncate it."""
+    values = {**finished[1], "run_dir": str(tmp_path / "run")}
+    shutil.copytree(finished[0], tmp_path / "run")  # resumable: it holds checkpoint.pt
+    target = tmp_path / "precious.txt"
+    target.write_text("do not truncate me\n")
+    (tmp_path / "run" / name).unlink(missing_ok=True)
+    (tmp_path / "run" / name).symlink_to(target)
+    with pytest.raises(RunError, match=f"{name}: is a symbolic link"):
+        train(checked_config(values))
+    assert target.read_text() == "do not truncate me\n"
+
+
+def test_train_refuses_a_folder_of_files_it_did_not_write(finished, tmp_path):
+    folder = tmp_path / "run"
+    (folder / "tensorboard").mkdir(parents=True)
+    (folder / "tensorboard" / "events").write_text("someone's curves")
+    (folder / "log.jsonl").write_text('{"type": "mine"}\n')
+    values = {**finished[1], "run_dir": str(folder)}
+    with pytest.raises(RunError, match="no training run of its own"):
+        train(checked_config(values))
+    assert (folder / "tensorboard" / "events").read_text() == "someone's curves"
+    assert (folder / "log.jsonl").read_text() == '{"type": "mine"}\n'
+
+
+def test_pretrain_refuses_a_training_run_folder(run, finished, capsys):
+    before = {p.name: p.stat().st_size for p in run.iterdir() if p.is_file()}
+    err = one_line_error(["pretrain", "--run-dir", str(run), *_flags(finished[1]),
+                          "pretrain.max_steps=1"], capsys)
+    assert "holds a training run" in err
+    assert {p.name: p.stat().st_size for p in run.iterdir() if p.is_file()} == before
+
+
+def _flags(values) -> list[str]:
+    return [f'model.checkpoint="{values["model"]["checkpoint"]}"',
+            f'data.dir="{values["data"]["dir"]}"', "data.tasks=[\"sst\"]",
+            f'tasks.sst.train_files={json.dumps(values["tasks"]["sst"]["train_files"])}',
+            f'tasks.sst.dev_file="{values["tasks"]["sst"]["dev_file"]}"',
+            f'tasks.sst.test_file="{values["tasks"]["sst"]["test_file"]}"']
+
+
+def test_export_refuses_another_run_and_replaces_an_earlier_export_whole(
+        run, finished, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(finished[0], other)
+    config = (other / "config.json").read_text()
+    err = one_line_error(["export", str(run), str(other)], capsys)
+    assert "holds files that are not an export" in err
+    assert (other / "config.json").read_text() == config
+    out = tmp_path / "export"
+    assert cli.main(["export", str(run), str(out)]) == 0
+    (out / "onnx").mkdir()
+    (out / "onnx" / "sst.onnx").write_text("a graph of the previous run")
+    assert cli.main(["export", str(run), str(out)]) == 0
+    assert not (out / "onnx").exists() and (out / "heads.json").is_file()
+    assert not list(tmp_path.glob(".export.*"))
+
+
+# ---------------------------------------------------------------------- outputs
+def test_a_prediction_file_cut_short_is_refused_by_report_and_compare(run, tmp_path, capsys):
+    path = run / "predictions" / "sst-dev-output.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-3]))
+    err = one_line_error(["report", str(run), "--out", str(tmp_path / "r")], capsys)
+    assert "sst-dev-output.csv: holds" in err and "dev predictions the run made" in err
+    err = one_line_error(["compare", str(run), str(run)], capsys)
+    assert "sst-dev-output.csv: holds" in err
+
+
+def test_predict_writes_its_own_folder_and_keeps_what_training_scored(run):
+    scored = (run / "predictions" / "sst-dev-output.csv").read_text()
+    assert cli.main(["predict", str(run), "--splits", "dev"]) == 0
+    assert (run / "predictions" / "sst-dev-output.csv").read_text() == scored
+    assert (run / "leaderboard" / "sst-dev-output.csv").is_file()
+
+
+def test_dev_ids_must_be_unique_and_columns_named_once(tmp_path):
+    path = tmp_path / "dev.csv"
+    path.write_text("\tid\tsentence\tsentiment\n0\ta\tgood\t4\n1\tb\tbad\t0\n2\ta\tfine\t2\n")
+    with pytest.raises(DataError, match=r"line 4: id 'a' is already on line 2"):
+        read_examples(path, ["sentence"], "sentiment")
+    path.write_text("id\tsentence\tsentiment\tsentiment\na\tgood\t4\t0\n")
+    with pytest.raises(DataError, match=r"the header names \['sentiment'\] more than once"):
+        read_examples(path, ["sentence"], "sentiment")
+
+
+def test_seed_folders_of_other_tasks_or_examples_are_not_compared(finished, tmp_path, capsys):
+    for name, keys in (("a", ["sst", "overall"]), ("b", ["sst", "sts", "overall"])):
+        (tmp_path / name).mkdir()
+        runs = {str(s): {k: 0.5 + s / 100 for k in keys} for s in (0, 1)}
+        (tmp_path / name / "seeds.json").write_text(json.dumps({"runs": runs}))
+    for first, second in (("a", "b"), ("b", "a")):
+        err = one_line_error(["compare", str(tmp_path / first), str(tmp_path / second)],
+                             capsys)
+        assert "compare seeds of runs with the same tasks" in err
+    # the same tasks, but one scored on 8 dev examples: its seed runs say so
+    for name, limit in (("c", 0), ("d", 3)):
+        for seed in (0, 1):
+            values = {**finished[1], "run_dir": str(tmp_path / name / f"seed-{seed}")}
+            values["data"] = {**values["data"], "dev_limit": limit}
+            values["train"] = {**values["train"], "seed": seed, "max_steps": 1}
+            shutil.copytree(finished[0], tmp_path / name / f"seed-{seed}")
+            saved = json.loads((tmp_path / name / f"seed-{seed}" / "config.json").read_text())
+            saved["data"]["dev_limit"] = limit
+            (tmp_path / name / f"seed-{seed}" / "config.json").write_text(json.dumps(saved))
+    err = one_line_error(["compare", str(tmp_path / "c"), str(tmp_path / "d")], capsys)
+    assert "scored on different dev examples" in err
+
+
+# ---------------------------------------------------------------------- limits
+@pytest.mark.parametrize("args, message", [
+    (["compare", "A", "A", "--resamples", "0"], "resamples = 0: give 1 to 1,000,000"),
+    (["compare", "A", "A", "--resamples", "-5"], "resamples = -5: give 1 to 1,000,000"),
+    (["compare", "A", "A", "--resamples", "1000000000000"], "give 1 to 1,000,000"),
+])
+def test_impossible_resample_counts_are_one_line_errors(run, capsys, args, message):
+    args = [str(run) if a == "A" else a for a in args]
+    assert message in one_line_error(args, capsys)
+
+
+def test_too_short_a_max_length_and_empty_seeds_are_refused(finished, tmp_path, capsys):
+    with pytest.raises(ConfigKeyError, match="model.max_length must be ≥ 8, got 2"):
+        checked_config({**finished[1], "model": {**finished[1]["model"], "max_length": 2}})
+    config = tmp_path / "c.toml"
+    config.write_text(f'run_dir = "{tmp_path / "r"}"\n')
+    err = one_line_error(["train", "--config", str(config), "--seeds", ""], capsys)
+    assert "--seeds ''" in err and not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "cmd_compare", interrupted)
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with(parser(), "compare", interrupted))
+    assert cli.main(["compare", "a", "b"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+
+
+def _with(parser, command, func):
+    parser._subparsers._group_actions[0].choices[command].set_defaults(func=func)
+    return parser
+
+
+def test_a_log_cut_mid_line_is_read_to_its_last_record_and_a_bad_line_is_named(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.append({"type": "start"})
+    folder.append({"type": "epoch", "epoch": 1})
+    with open(folder.log_file, "a") as fp:
+        fp.write('{"type": "epo')  # a kill during a write
+    assert [r["type"] for r in folder.records()] == ["start", "epoch"]
+    folder.log_file.write_text('{"type": "start"}\nnot json\n{"type": "epoch"}\n')
+    with pytest.raises(RunError, match=r"log.jsonl, line 2: not a JSON record"):
+        folder.records()
+
+
+# ---------------------------------------------------------------------- secrets
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://u:pw@db:5432/s", "postgresql://u:***@db:5432/s"),
+    ("postgresql://db/s?user=u&password=pw", "postgresql://db/s?user=u&password=***"),
+    ("mysql://u:p%40ss@db/s?passwd=x&ssl=1", "mysql://u:***@db/s?passwd=***&ssl=1"),
+])
+def test_storage_passwords_are_never_shown(url, shown):
+    from minbert.tuning.study import _shown
+    assert _shown(url) == shown
+
+
+def test_a_storage_url_given_as_an_override_is_kept_out_of_the_studys_files(
+        tmp_path, tiny_checkpoint, monkeypatch):
+    from test_tune import study_config
+
+    from minbert.tuning import Study
+    config = study_config(tmp_path, tiny_checkpoint)
+    url = f"sqlite:///{tmp_path / 'shared.db'}?password=hunter2"
+    study = Study.from_config(config, [f'tune.storage="{url}"', "train.lr=1e-3"])
+    assert study.storage_url == url and study.overrides == ["train.lr=1e-3"]
+    launched = {}
+    monkeypatch.setattr("subprocess.Popen", lambda command, env: launched.update(
+        command=command, env=env) or _Done())
+    study.tune.jobs = 2
+    study._spawn_workers()
+    assert "hunter2" not in " ".join(launched["command"])
+    assert launched["env"]["MINBERT_TUNE_STORAGE"] == url
+
+
+class _Done:
+    def wait(self):
+        return 0
