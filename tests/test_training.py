@@ -86,10 +86,10 @@ def test_cli_trains_evaluates_and_predicts_on_a_slice_of_the_shared_data(
     table = capsys.readouterr().out
     assert all(name in table for name in ("sst", "quora", "sts", "overall"))
     assert cli.main(["predict", str(run), "--splits", "test"]) == 0
-    sst_test = (run / "predictions" / "sst-test-output.csv").read_text().splitlines()
+    sst_test = (run / "leaderboard" / "sst-test-output.csv").read_text().splitlines()
     assert sst_test[0] == "id \t Predicted_Sentiment "
     assert len(sst_test) == 2211 and sst_test[1].split(" , ")[1].strip() in "01234"
-    assert (run / "predictions" / "sts-test-output.csv").exists()
+    assert (run / "leaderboard" / "sts-test-output.csv").exists()
     assert "skip quora test" in capsys.readouterr().out
 
 
