@@ -100,6 +100,10 @@ def _predictor(args, folders):
     from minbert.devices import resolve_device
     from minbert.loading import check_run_folder, load_run
     from minbert.predictor import Predictor
+    from minbert.runs import expand_seeds
+    given, folders = folders, expand_seeds(folders)
+    if len(folders) != len(given):
+        print(f"--seeds folder(s): the ensemble of {len(folders)} seed runs", file=sys.stderr)
     for folder in folders:
         check_run_folder(folder)
     if args.device:  # a device this machine lacks fails before the models load
@@ -118,13 +122,14 @@ def _inputs(examples):
 
 
 def cmd_evaluate(args):
-    from minbert.tasks import read_split
     from minbert.evaluation import format_table, overall_score
     from minbert.loading import check_run_folder
-    from minbert.runs import write_evaluation, write_text_atomic, writable_folder
-    single = len(args.run_dirs) == 1
+    from minbert.runs import expand_seeds, write_evaluation, write_text_atomic, writable_folder
+    from minbert.tasks import read_split
+    members = expand_seeds(args.run_dirs)
+    single = len(members) == 1
     if single:  # its dev-metrics.json goes into the run folder
-        writable_folder(check_run_folder(args.run_dirs[0]).path, "run")
+        writable_folder(check_run_folder(members[0]).path, "run")
     out = _evaluation_folder(args) if args.out else None
     predictor = _predictor(args, args.run_dirs)
     config, metrics, predictions = predictor.runs[0].config, {}, {}
@@ -139,10 +144,10 @@ def cmd_evaluate(args):
     metrics["overall"] = overall_score(metrics, predictor.tasks)
     print(format_table(metrics, predictor.tasks))
     if single:
-        write_text_atomic(Path(args.run_dirs[0]) / "dev-metrics.json",
+        write_text_atomic(Path(members[0]) / "dev-metrics.json",
                           json.dumps(metrics, indent=2) + "\n")
     if out is not None:  # an evaluation folder that compare and report read like a run's
-        record = {"members": [str(Path(d)) for d in args.run_dirs],
+        record = {"members": members,
                   "precision": predictor.precision, "dev": metrics}
         write_evaluation(out, {**config.to_dict(), "run_dir": str(out)}, record,
                          predictor.tasks, predictions)
@@ -166,12 +171,13 @@ def _evaluation_folder(args) -> Path:
 
 def cmd_predict(args):
     from minbert.loading import check_run_folder
-    from minbert.runs import prediction_file, write_prediction_file, writable_folder
+    from minbert.runs import expand_seeds, prediction_file, write_prediction_file, writable_folder
     if args.task or args.input:
         return _predict_new_text(args)
-    if len(args.run_dirs) > 1 and not args.out:
+    members = expand_seeds(args.run_dirs)
+    if len(members) > 1 and not args.out:
         raise ValueError("an ensemble's leaderboard files need --out FOLDER")
-    folder = check_run_folder(args.run_dirs[0])
+    folder = check_run_folder(members[0])
     # RUN/leaderboard by default: predictions/ holds what training scored (compare, report)
     out = writable_folder(args.out or folder.path / "leaderboard", "output")
     predictor = _predictor(args, args.run_dirs)
@@ -225,8 +231,9 @@ def cmd_report(args):
         out = Path(args.out) / Path(folder).name if len(studies) > 1 or runs else args.out
         print(f"wrote {write_study_report(folder, out, args.storage)} and "
               f"{Path(out) / 'trials.md'}")
-    if runs:
-        index = write_report(runs, args.out)
+    if runs:  # a --seeds folder: each of its seeds is a row
+        from minbert.runs import expand_seeds
+        index = write_report(expand_seeds(runs), args.out)
         print(f"wrote {index} and {Path(args.out) / 'ablation.md'}")
     return 0
 
@@ -234,10 +241,18 @@ def cmd_report(args):
 def cmd_compare(args):
     from minbert.compare import compare_runs, compare_seed_runs, format_differences
     from minbert.seeds import seed_results
-    if all(seed_results(folder) for folder in (args.run_a, args.run_b)):
+    seeded = [bool(seed_results(f)) and not (Path(f) / "config.json").is_file()
+              for f in (args.run_a, args.run_b)]
+    if all(seeded):
         rows = compare_seed_runs(args.run_a, args.run_b)
         print(format_differences(rows, args.run_a, args.run_b, 0))
         return 0
+    if any(seeded):
+        seeds, single = (args.run_a, args.run_b) if seeded[0] else (args.run_b, args.run_a)
+        raise ValueError(f"{seeds} is a --seeds folder and {single} one run: compare two "
+                         f"--seeds folders, one of {seeds}'s seed-N runs with {single}, or "
+                         f"the ensemble of its seeds (`minbert evaluate {seeds} --out DIR`) "
+                         f"with {single}")
     rows = compare_runs(args.run_a, args.run_b, args.resamples, args.seed)
     print(format_differences(rows, args.run_a, args.run_b, args.resamples))
     return 0
@@ -274,12 +289,35 @@ def cmd_data(args):
     return 0
 
 
+EXAMPLES = {
+    "train": "minbert train --config configs/quick.toml\n"
+             "  minbert train --config configs/lean-cpu.toml --seeds 0,1,2 train.lr=3e-5",
+    "pretrain": "minbert pretrain --config configs/quick.toml pretrain.epochs=1",
+    "tune": "minbert tune --config configs/tune-quick.toml --trials 20 --jobs 2",
+    "evaluate": "minbert evaluate runs/quick\n"
+                "  minbert evaluate runs/s/seed-0 runs/s/seed-1 runs/s/seed-2 --out runs/ens",
+    "predict": "minbert predict runs/quick                    # leaderboard files\n"
+               "  minbert predict runs/quick --task sst --input reviews.txt --out sst.csv",
+    "report": "minbert report runs/quick runs/lean-cpu --out reports/ablation",
+    "compare": "minbert compare runs/lean-cpu runs/quick",
+    "export": "minbert export runs/quick exports/quick --onnx",
+    "data": "minbert data convert snli snli_1.0_train.jsonl data-extra/snli-train.csv",
+}
+
+
+def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand with its one-line help, a description and an example."""
+    return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                          epilog=f"example:\n  {EXAMPLES[name]}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from minbert import __version__
     parser = argparse.ArgumentParser(prog="minbert", description=__doc__)
     parser.add_argument("--version", action="version", version=f"minbert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train on the config's tasks, evaluating on dev each epoch")
+    p = _command(sub, "train", "train on the config's tasks, evaluating on dev each epoch")
     p.add_argument("--config", help="TOML config file (configs/*.toml)")
     p.add_argument("--run-dir", help="run folder (overrides run_dir); resumes if it holds a "
                                      "checkpoint")
@@ -291,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in RUN_DIR/seed-N, then a summary (RUN_DIR/seeds.json)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-5")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("pretrain", help="continued masked-LM pretraining of the encoder on the "
+    p = _command(sub, "pretrain", "continued masked-LM pretraining of the encoder on the "
                                         "tasks' sentences and/or text files ([pretrain])")
     p.add_argument("--config", help="TOML config (its [pretrain] section, tasks and data)")
     p.add_argument("--run-dir", help="the pretraining's run folder (overrides pretrain.run_dir)")
@@ -299,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the pretraining the folder holds instead of refusing")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. pretrain.epochs=2")
     p.set_defaults(func=cmd_pretrain)
-    p = sub.add_parser("tune", help="hyperparameter search over the config's [tune.space] "
+    p = _command(sub, "tune", "hyperparameter search over the config's [tune.space] "
                                     "(Optuna), judged on the held-out validation split")
     p.add_argument("--config", required=True, help="TOML config with a [tune.space] table")
     p.add_argument("--run-dir", help="the study folder (overrides run_dir)")
@@ -319,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "their ensemble)"),
             ("predict", cmd_predict, "leaderboard prediction files, or predictions on new "
                                      "text with --task and --input")):
-        p = sub.add_parser(name, help=text)
+        p = _command(sub, name, text)
         p.add_argument("run_dirs", nargs="+", metavar="run_dir",
                        help="run folder(s) written by `minbert train`; several: an ensemble")
         p.add_argument("--device", help="cpu, cuda, ... (default: the run's)")
@@ -341,26 +379,27 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--columns", help="new text: the pair columns, e.g. q1,q2 "
                                              "(default: the task's text columns)")
         p.set_defaults(func=func)
-    p = sub.add_parser("report", help="tables and figures (HTML) from one or more runs")
+    p = _command(sub, "report", "tables and figures (HTML) from one or more runs")
     p.add_argument("run_dirs", nargs="+", help="run folders written by `minbert train`, or "
                                                "study folders written by `minbert tune`")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--storage", help="a study's storage URL, when it holds a password")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("compare", help="two runs' dev differences with paired-bootstrap "
+    p = _command(sub, "compare", "two runs' dev differences with paired-bootstrap "
                                        "95%% intervals")
-    p.add_argument("run_a")
-    p.add_argument("run_b")
-    p.add_argument("--resamples", type=int, default=10_000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("run_a", help="run folder, evaluation folder or --seeds folder (A)")
+    p.add_argument("run_b", help="the same kind of folder (B); the table gives A − B")
+    p.add_argument("--resamples", type=int, default=10_000,
+                   help="bootstrap resamples of the dev examples (1 to 1,000,000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("export", help="the fine-tuned encoder as an HF-format folder + heads")
+    p = _command(sub, "export", "the fine-tuned encoder as an HF-format folder + heads")
     p.add_argument("run_dir")
     p.add_argument("out")
     p.add_argument("--onnx", action="store_true",
                    help="also one ONNX graph per task (OUT/onnx/TASK.onnx) for onnxruntime")
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("data", help="convert extra training data; fetch the datasets")
+    p = _command(sub, "data", "convert extra training data; fetch the datasets")
     data = p.add_subparsers(dest="data_command", required=True)
     q = data.add_parser("convert", help="SNLI jsonl or Yelp CSV -> a task file")
     q.add_argument("kind", choices=["snli", "yelp"])

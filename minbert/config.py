@@ -267,15 +267,22 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
-    """'train.lr=2e-5' -> (['train', 'lr'], 2e-5); the value is read as TOML, else a string."""
+    """'train.lr=2e-5' -> (['train', 'lr'], 2e-5); the value is read as TOML, else a string
+    (so `train.sampler=proportional` needs no shell quoting); a list of bare words,
+    `data.tasks=[sst,sts]`, is a list of strings."""
     if "=" not in text:
         raise ConfigKeyError(f"override {text!r}: expected section.key=value")
     key, raw = _split_key(text)
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw
+        words = _BARE_LIST.fullmatch(raw.strip())
+        value = [w.strip() for w in words.group(1).split(",") if w.strip()] if words else raw
     return [a or b for a, b in _KEY_PART.findall(key.strip())], value
+
+
+# [sst, sts]: words of letters, digits, '_', '-' and '.', separated by commas
+_BARE_LIST = re.compile(r"\[((?:\s*[\w.-]+\s*,)*\s*[\w.-]*\s*)\]")
 
 
 # a dotted key's parts; a part in double quotes may hold dots: tune.space."train.lr"

@@ -26,6 +26,7 @@ from minbert.data import EncodedTask, Examples, MinbertWarning
 from minbert.evaluation import outputs
 from minbert.devices import resolve_device, resolve_precision
 from minbert.loading import LoadedRun, load_run
+from minbert.runs import expand_seeds
 
 
 class PredictError(ValueError):
@@ -191,9 +192,10 @@ def _texts(item, task, number: int) -> list[str]:
 
 def load(runs: str | Path | Sequence[str | Path], device: str | None = None,
          precision: str | None = None, backend: str = "torch") -> Predictor:
-    """A predictor from one run folder or export, or a list of them (an ensemble);
-    `backend="onnx"` runs the graphs `minbert export RUN OUT --onnx` wrote (CPU, fp32)."""
-    folders = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    """A predictor from one run folder or export, or a list of them (an ensemble; a
+    `--seeds` folder is the ensemble of its seeds); `backend="onnx"` runs the graphs
+    `minbert export RUN OUT --onnx` wrote (CPU, fp32)."""
+    folders = expand_seeds([runs] if isinstance(runs, (str, Path)) else list(runs))
     loaded = [load_run(folder) for folder in folders]
     if backend == "onnx":
         from minbert.onnx_backend import OnnxModel

@@ -43,9 +43,15 @@ def run_metrics(run: RunOutputs) -> dict[str, float]:
 
 
 def _figure_curves(run: RunOutputs, path):
+    """Each task's train and selection-split metric by epoch (whole-number ticks), and the
+    training loss by update where the log has step records."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     names = list(run.tasks)
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(4 * (len(names) + 1), 3.2))
+    has_loss = any(r.get("loss") for r in run.steps)
+    panels = len(names) + has_loss
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2), squeeze=False)
+    axes = axes[0]
     epochs = [r["epoch"] for r in run.epochs]
     chosen = "validation" if run.epochs and "validation" in run.epochs[0] else "dev"
     for ax, name in zip(axes, names):
@@ -53,18 +59,37 @@ def _figure_curves(run: RunOutputs, path):
         ax.plot(epochs, [r[chosen].get(name, np.nan) for r in run.epochs], "s-", label=chosen)
         ax.set_title(f"{name} {run.tasks[name].metric_name}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
-    loss_ax = axes[-1]
-    for name in names:
-        points = [(r["updates"], r["loss"][name]) for r in run.steps if name in r["loss"]]
-        if points:
-            loss_ax.plot(*zip(*points), label=name)
-    loss_ax.set_title("training loss")
-    loss_ax.set_xlabel("update")
-    loss_ax.legend()
+    if has_loss:
+        loss_ax = axes[-1]
+        for name in names:
+            points = [(r["updates"], r["loss"][name]) for r in run.steps if name in r["loss"]]
+            if points:
+                loss_ax.plot(*zip(*points), label=name)
+        loss_ax.set_title("training loss")
+        loss_ax.set_xlabel("update")
+        loss_ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def differences_note(runs: list[RunOutputs]) -> str:
+    """A sentence saying how the runs differ in tasks or dev examples ("" when they do
+    not): their numbers side by side are then not on the same footing."""
+    first = runs[0]
+    other_tasks = [r.name for r in runs[1:] if list(r.tasks) != list(first.tasks)]
+    other_examples = [r.name for r in runs[1:] if list(r.tasks) == list(first.tasks)
+                      and r.ids != first.ids]
+    parts = []
+    if other_tasks:
+        parts.append(f"{', '.join(other_tasks)} have other tasks than {first.name} (an empty "
+                     "cell: a task the run does not have; overall is over each run's own tasks)")
+    if other_examples:
+        parts.append(f"{', '.join(other_examples)} were scored on other dev examples than "
+                     f"{first.name} (another dev_limit or dev file)")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------- the report
@@ -125,15 +150,21 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
         tasks.update({n: t for n, t in run.tasks.items() if n not in tasks})
     header = ["run", *[f"{n}_{t.metric_abbreviation}" for n, t in tasks.items()], "overall"]
     rows = ablation_rows(results, tasks)
+
+    def cell(x, digits):
+        return "" if isinstance(x, float) and np.isnan(x) else f"{x:.{digits}f}"
     with open(out / "ablation.csv", "w", newline="", encoding="utf-8") as fp:
         writer = csv.writer(fp)
         writer.writerow(header)
-        writer.writerows([[r[0], *[f"{x:.4f}" for x in r[1:]]] for r in rows])
+        writer.writerows([[r[0], *[cell(x, 4) for x in r[1:]]] for r in rows])
+    note = differences_note(runs)
     markdown = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    markdown += ["| " + " | ".join([r[0], *[f"{x:.3f}" for x in r[1:]]]) + " |" for r in rows]
+    markdown += ["| " + " | ".join([r[0], *[cell(x, 3) for x in r[1:]]]) + " |" for r in rows]
+    markdown += ["", f"Note: {note}."] if note else []
     (out / "ablation.md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
     differences = run_differences(runs, out)
-    (out / "index.html").write_text(_html(results, header, rows, differences),
+    table = [[r[0], *[cell(x, 3) for x in r[1:]]] for r in rows]
+    (out / "index.html").write_text(_html(results, header, table, differences, note),
                                     encoding="utf-8")
     return out / "index.html"
 
@@ -214,13 +245,15 @@ def html_image(path: Path) -> str:
     return f"<p><img alt='{html.escape(Path(path).name)}' src='data:image/png;base64,{data}'></p>"
 
 
-def _html(results, header, rows, differences: dict | None = None) -> str:
+def _html(results, header, rows, differences: dict | None = None, note: str = "") -> str:
     parts = ["<h1>minbert report</h1><h2>Ablation (dev)</h2>",
              "<p>Rows marked <i>(report, bert-base)</i> are the numbers of Table 1 of "
              "\"A SMARTer minBERT\", for reference; they were not measured here. Quora "
              "numbers of all-MiniLM-L6-v2 runs are not clean transfer results: that model "
              "was pre-trained on pairs that include Quora duplicates.</p>",
              html_table(header, rows)]
+    if note:
+        parts.append(f"<p><b>Note:</b> {html.escape(note)}.</p>")
     if differences and differences["rows"]:
         parts.append(f"<h2>Differences from {html.escape(differences['reference'])}</h2>"
                      "<p>95% paired-bootstrap intervals over the same dev examples; an "

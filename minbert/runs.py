@@ -355,6 +355,23 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def seed_runs(folder: str | Path) -> list[Path]:
+    """The seed-N runs of a `--seeds` folder (those with a config.json), by seed; [] for
+    any other folder."""
+    runs = [p for p in Path(folder).glob("seed-*") if p.name[5:].isdigit()
+            and (p / "config.json").is_file()]
+    return sorted(runs, key=lambda p: int(p.name[5:]))
+
+
+def expand_seeds(folders: list[str | Path]) -> list[str]:
+    """Folders with each `--seeds` folder replaced by its seed runs."""
+    out = []
+    for folder in folders:
+        runs = [] if (Path(folder) / "config.json").is_file() else seed_runs(folder)
+        out.extend(map(str, runs) if runs else [str(folder)])
+    return out
+
+
 # ---------------------------------------------------------------------- prediction files
 def prediction_file(folder: str | Path, task: Task, split: str) -> Path:
     """Where a task's leaderboard file for `split` lives in `folder`."""

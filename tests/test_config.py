@@ -142,3 +142,16 @@ def test_smart_overrides_are_applied_per_task_and_checked_like_the_section():
     assert sts.adversarial_weight == 5 and sts.norm == "l2"
     assert config.smart.for_task("sst") == config.smart
     assert math.isclose(config.smart.adversarial_weight, 1.0)
+
+
+def test_a_list_of_bare_words_needs_no_toml_quoting():
+    config = load_config("configs/quick.toml", ["data.tasks=[sst,sts]", "train.sampler=sequential"])
+    assert config.data.tasks == ["sst", "sts"] and config.train.sampler == "sequential"
+
+
+def test_every_command_has_a_description_and_an_example(capsys):
+    for command in cli.EXAMPLES:
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "example:\n  minbert " + command in text

@@ -269,3 +269,23 @@ def test_a_storage_url_given_as_an_override_is_kept_out_of_the_studys_files(
 class _Done:
     def wait(self):
         return 0
+
+
+def test_a_seeds_folder_is_read_as_its_seeds(finished, tmp_path, capsys):
+    """report: a row per seed; evaluate and minbert.load: the ensemble of the seeds;
+    compare against one run: refused with what to do instead."""
+    import minbert
+    for seed in (0, 1):
+        shutil.copytree(finished[0], tmp_path / "seeds" / f"seed-{seed}")
+    seeds = str(tmp_path / "seeds")
+    assert cli.main(["report", seeds, "--out", str(tmp_path / "r")]) == 0
+    rows = (tmp_path / "r" / "ablation.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:3]] == ["seed-0", "seed-1"]
+    capsys.readouterr()
+    assert cli.main(["evaluate", seeds]) == 0
+    assert "the ensemble of 2 seed runs" in capsys.readouterr().err
+    assert len(minbert.load(seeds).runs) == 2
+    (tmp_path / "seeds" / "seeds.json").write_text(json.dumps(
+        {"runs": {"0": {"sst": 0.5, "overall": 0.5}, "1": {"sst": 0.6, "overall": 0.6}}}))
+    err = one_line_error(["compare", seeds, str(finished[0])], capsys)
+    assert "is a --seeds folder and" in err and "minbert evaluate" in err

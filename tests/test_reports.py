@@ -136,3 +136,18 @@ def test_the_report_gives_each_runs_difference_from_the_first_with_intervals(run
                f"{row.high:+.4f}] | {row.verdict} |" in table
     assert (tmp_path / "out" / "differences.png").read_bytes()[:4] == b"\x89PNG"
     assert "Differences from cross" in (tmp_path / "out" / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_runs_of_other_tasks_are_noted_and_left_empty_not_nan(runs, tiny_checkpoint, tmp_path):
+    values = tiny_config_values(runs[0].parent / "data", tiny_checkpoint, tmp_path / "sst-only",
+                                epochs=1)
+    values["data"]["tasks"] = ["sst"]
+    train(checked_config(values))
+    write_report([runs[0], tmp_path / "sst-only"], tmp_path / "out")
+    table = (tmp_path / "out" / "ablation.md").read_text()
+    assert "Note: sst-only have other tasks than cross" in table and "nan" not in table
+    with open(tmp_path / "out" / "ablation.csv") as fp:
+        row = next(r for r in csv.DictReader(fp) if r["run"] == "sst-only")
+    assert row["quora_acc"] == "" and row["sst_acc"] != ""
+    assert "<b>Note:</b> sst-only have other tasks" in (tmp_path / "out" / "index.html").read_text()
