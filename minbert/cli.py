@@ -265,7 +265,7 @@ def cmd_export(args):
     check_export_target(folder.path, args.out)
     run = load_run(folder.path)
     with replacing(args.out) as tmp:  # OUT is replaced whole, or left as it was
-        export_run(run.model, run.config, tmp)
+        export_run(run.model, run.config, tmp, run.tasks, run.metrics)
         if args.onnx:
             from minbert.onnx_backend import export_onnx
             graphs = export_onnx(run.model, run.tasks, tmp)

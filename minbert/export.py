@@ -54,7 +54,10 @@ def replacing(out: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_run(model, config, out: str | Path) -> Path:
+def export_run(model, config, out: str | Path, tasks: dict | None = None,
+               metrics: dict | None = None) -> Path:
+    """The run's encoder as an HF BertModel folder, its heads beside it (heads.safetensors,
+    heads.json) and a model card (README.md); no local paths, files readable by all."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     encoder = model.encoder
@@ -66,17 +69,70 @@ def export_run(model, config, out: str | Path) -> Path:
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copy(source / name, out / name)
+    max_length = min(config.model.max_length, encoder.config.max_position_embeddings)
+    _set_max_length(out / "tokenizer_config.json", max_length)
     heads = {f"{task}.{key}": value.detach().contiguous()
              for task, head in model.heads.items() for key, value in head.state_dict().items()}
     save_file(heads, str(out / "heads.safetensors"))
+    run_config = config.to_dict()  # without local paths: the loader's defaults take their place
+    del run_config["run_dir"], run_config["data"]["dir"], run_config["model"]["checkpoint"]
+    described = {name: _describe(name, task, model) for name, task in (tasks or {}).items()}
     (out / "heads.json").write_text(json.dumps({
         "pair_encoding": config.model.pair_encoding, "pooling": config.model.pooling,
-        "similarity_head": config.model.similarity_head,
+        "similarity_head": config.model.similarity_head, "max_length": max_length,
         "heads": {task: type(head).__name__ for task, head in model.heads.items()},
-        "tasks": config.data.tasks,
-        "run_config": config.to_dict()},  # what minbert.load needs to rebuild the tasks
+        "tasks": config.data.tasks, "task_outputs": described,
+        "run_config": run_config},  # what minbert.load needs to rebuild the tasks
         indent=2), encoding="utf-8")
+    (out / "README.md").write_text(model_card(config, described, metrics or {}, max_length),
+                                   encoding="utf-8")
+    for path in out.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
     return out
+
+
+def _describe(name, task, model) -> dict:
+    pooling, layers = model.poolings[name]
+    return {"kind": task.kind, "inputs": list(task.text_columns),
+            "encoding": model.encodings[name], "pooling": pooling, "pooled_layers": layers,
+            "head": type(model.heads[name]).__name__, "output": task.output_description,
+            "label_names": task.class_names, "range": task.value_range}
+
+
+def _set_max_length(path: Path, max_length: int) -> None:
+    """tokenizer_config.json says the length the model was trained at, not the base's."""
+    settings = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    settings["model_max_length"] = max_length
+    path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+
+
+def model_card(config, tasks: dict, metrics: dict, max_length: int) -> str:
+    """README.md of an export: what it predicts, how, how well, and how to load it."""
+    lines = ["---", "library_name: minbert", "tags: [bert, multi-task, minbert]", "---", "",
+             "# A minbert multi-task model", "",
+             f"Fine-tuned from `{Path(str(config.model.checkpoint)).name}` with minbert on "
+             f"{', '.join(config.data.tasks)}; inputs up to {max_length} tokens.", "",
+             "| task | inputs | encoding | pooling | output | labels |",
+             "|---|---|---|---|---|---|"]
+    for name, info in tasks.items():
+        labels = ", ".join(info["label_names"] or []) or (
+            f"score on [{info['range'][0]:g}, {info['range'][1]:g}]" if info["range"] else "")
+        lines.append(f"| {name} | {' + '.join(info['inputs'])} | {info['encoding']} | "
+                     f"{info['pooling']} (top {info['pooled_layers']} layer(s)) | "
+                     f"{info['output']} | {labels} |")
+    if metrics:
+        lines += ["", "Dev scores of the run (CS224N dev files; overall = the mean of the "
+                  "accuracies and (r + 1) / 2 for a correlation):", "",
+                  "| " + " | ".join(metrics) + " |", "|" + "---|" * len(metrics),
+                  "| " + " | ".join(f"{v:.4f}" for v in metrics.values()) + " |"]
+    lines += ["", "## Load it", "", "With minbert (every task head):", "",
+              "    import minbert", "    model = minbert.load(\"PATH\")",
+              f"    model.predict(\"{config.data.tasks[0]}\", ...)", "",
+              "The encoder alone is a standard BERT (`transformers.BertModel.from_pretrained"
+              "(\"PATH\")`); the task heads are in heads.safetensors, described in "
+              "heads.json, and only minbert applies them."]
+    return "\n".join(lines) + "\n"
 
 
 def load_heads(folder: str | Path) -> dict[str, torch.Tensor]:

@@ -1,8 +1,11 @@
 """`minbert export`: the fine-tuned encoder as an HF folder (transformers loads it and gives
 the same outputs) with the heads beside it; never written into the run it comes from."""
+import json
+
 import pytest
 import torch
 
+import minbert
 from minbert import cli
 from minbert.build import checked_config
 from minbert.loading import load_run
@@ -81,3 +84,25 @@ def test_onnx_graphs_predict_what_the_pytorch_model_does(run, tmp_path, capsys):
         if ours.probabilities is not None:
             np.testing.assert_allclose(theirs.probabilities, ours.probabilities, atol=1e-4)
         np.testing.assert_allclose(theirs.values, ours.values, atol=1e-4)
+
+
+def test_an_export_carries_a_model_card_label_names_and_no_local_paths(run, tmp_path):
+    import stat
+    out = tmp_path / "export"
+    assert cli.main(["export", str(run), str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert "very negative, negative, neutral, positive, very positive" in card
+    assert "not duplicate, duplicate" in card and "score = 0 + 5 * sigmoid(z)" in card
+    assert "minbert.load" in card
+    heads = json.loads((out / "heads.json").read_text())
+    assert heads["task_outputs"]["sst"]["label_names"][4] == "very positive"
+    assert heads["task_outputs"]["sts"]["range"] == [0.0, 5.0]
+    for path in out.iterdir():
+        if path.is_file() and path.suffix in (".json", ".md", ".txt"):
+            assert str(tmp_path) not in path.read_text(), path
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    max_length = heads["max_length"]
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == \
+        max_length == 32
+    prediction = minbert.load(out).predict("sst", "the movie is good")
+    assert prediction.label_names[0] in heads["task_outputs"]["sst"]["label_names"]

@@ -247,3 +247,17 @@ def test_jobs_run_trials_in_parallel_processes(tmp_path, tiny_checkpoint):
     assert len(finished) >= 4  # workers may each finish the trial they had started
     assert len({t.user_attrs["pid"] for t in finished}) == 2
     assert (tmp_path / "study" / "best.toml").is_file()
+
+
+def test_more_trials_reuse_the_studys_overrides_and_a_mismatch_names_the_key(
+        tmp_path, tiny_checkpoint, capsys):
+    config = study_config(tmp_path, tiny_checkpoint)
+    folder = str(tmp_path / "study")
+    Study.from_config(config, ["train.warmup=0.2"], run_dir=folder).open()
+    again = Study.from_config(config, [], run_dir=folder, trials=5)
+    assert again.overrides == ["train.warmup=0.2"] and again.base["train"]["warmup"] == 0.2
+    assert "the overrides stored with the study: train.warmup=0.2" in capsys.readouterr().err
+    again.open()  # the same search: accepted
+    other = Study.from_config(config, ["train.warmup=0.3"], run_dir=folder)
+    with pytest.raises(TuneError, match=r"train.warmup: 0.2 -> 0.3"):
+        other.open()

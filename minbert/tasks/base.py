@@ -63,6 +63,11 @@ class Task:
         """The range of a predicted score, for figures' axes; None for classes."""
         return None
 
+    @property
+    def output_description(self) -> str:
+        """How the head's logits become the prediction, in words (model cards, heads.json)."""
+        return "the task kind's predict() of the logits"
+
     def output_spec(self) -> tuple:
         """What models that predict this task together (an ensemble) must agree on."""
         return (self.kind, len(self.text_columns), self.num_outputs, tuple(self.classes or ()),

@@ -47,6 +47,13 @@ class ClassificationTask(Task):
         return list(range(self.num_classes))
 
     @property
+    def output_description(self):
+        if self.binary:
+            return "one logit z; P(class 1) = sigmoid(z), the class is 1 where z > 0"
+        return f"{self.num_classes} logits; class probabilities = softmax(logits), the class " \
+               "is the most probable"
+
+    @property
     def class_names(self):
         return list(self.label_names) or [str(c) for c in self.classes]
 

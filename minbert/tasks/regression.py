@@ -79,6 +79,11 @@ class RegressionTask(Task):
                          where=denominator > 0)
 
     @property
+    def output_description(self):
+        return (f"one logit z; score = {self.low:g} + {self.high - self.low:g} * sigmoid(z), on "
+                f"[{self.low:g}, {self.high:g}]")
+
+    @property
     def value_range(self):
         return (self.low, self.high)
 

@@ -13,7 +13,7 @@ import time
 import tomllib
 import warnings
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from minbert.build import build_plan
@@ -22,6 +22,10 @@ from minbert.runs import RESUMABLE_CHANGES, RunFolder, load_state, write_text_at
 from minbert.training import StopTraining, train
 from minbert.tuning.space import (TuneConfig, TuneError, base_params, check_study,
                                   trial_values)
+
+
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=int(seconds)))
 
 
 def _optuna():
@@ -141,8 +145,18 @@ class Study:
     @classmethod
     def from_config(cls, config_file, overrides=(), run_dir=None, trials=None, storage=None,
                     jobs=None) -> "Study":
-        values = read_values(config_file, list(overrides))
-        overrides, storage_override = _split_storage(list(overrides))
+        overrides = list(overrides)
+        stored = Path(run_dir or "") / "study.json" if run_dir else None
+        if not overrides and stored is not None and stored.is_file():
+            try:  # more trials for a study: its own overrides, unless others are given
+                overrides = list(json.loads(stored.read_text(encoding="utf-8"))["overrides"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise TuneError(f"{stored}: not a study record ({e})") from None
+            if overrides:
+                print(f"the overrides stored with the study: {' '.join(overrides)}",
+                      file=sys.stderr)
+        values = read_values(config_file, overrides)
+        overrides, storage_override = _split_storage(overrides)
         storage = storage or storage_override
         if run_dir:
             values["run_dir"] = run_dir
@@ -187,9 +201,15 @@ class Study:
         if known is None:
             study.set_user_attr("search", search)
         elif known != search:
+            differ = sorted(k for k in set(known["base"]) | set(search["base"])
+                            if known["base"].get(k) != search["base"].get(k))
+            differ += ["tune.space"] if known["space"] != search["space"] else []
+            shown = ", ".join(f"{k}: {known['base'].get(k)!r} -> {search['base'].get(k)!r}"
+                              if k != "tune.space" else k for k in differ[:8])
             raise TuneError(f"study {self.name!r} in {_shown(self.storage_url) or 'study.db'} "
-                            "searches another space or base config; use another run_dir, "
-                            "tune.study_name, or the config it was started with")
+                            f"searches another space or base config ({shown}); use another "
+                            "run_dir, tune.study_name, or the config and overrides it was "
+                            "started with")
         if self.tune.start_with_base and not study.trials:  # the hand-set values first
             study.enqueue_trial(base_params(self.base, self.dimensions),
                                 user_attrs={"base": True}, skip_if_exists=True)
@@ -269,7 +289,7 @@ class Study:
         states = optuna.trial.TrialState
         self.recover(study)
         distributions = {d.key: d.distribution() for d in self.dimensions}
-        failures = 0
+        failures, start, done_here = 0, time.perf_counter(), 0
         while True:
             trials = study.get_trials(deepcopy=False)
             count = {s: sum(t.state == s for t in trials) for s in states}
@@ -285,7 +305,14 @@ class Study:
                 raise TuneError(f"{failures} trials in a row failed; the last: "
                                 f"{study.trials[-1].user_attrs.get('error', '?')}")
             trial = study.ask(distributions)
+            elapsed = time.perf_counter() - start
+            left = self.tune.trials - finished
+            eta = (f", ETA {_clock(elapsed / done_here * left)} for this worker's share"
+                   if done_here else "")
+            print(f"trial {finished + 1} of {self.tune.trials} (study trial {trial.number}), "
+                  f"{_clock(elapsed)} elapsed{eta}", file=sys.stderr)
             failures = 0 if self.run_trial(study, trial) else failures + 1
+            done_here += 1
 
     def run_trial(self, study, trial) -> bool:
         """One trial as an ordinary run; False if it failed."""
