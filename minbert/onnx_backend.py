@@ -10,6 +10,9 @@ Needs `pip install 'minbert[onnx]'` (onnx and onnxscript to export, onnxruntime 
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +85,7 @@ def export_onnx(model, tasks: dict, out: str | Path) -> list[Path]:
     written = []
     for name, task in tasks.items():
         count = segments_of(model, task)
-        wrapper = _WRAPPERS[count](model, name)
+        wrapper = _WRAPPERS[count](model, name).eval()
         example, shapes = [], {}
         for segment in range(count):
             length = Dim(f"length_{segment}", min=2, max=longest)
@@ -93,12 +96,36 @@ def export_onnx(model, tasks: dict, out: str | Path) -> list[Path]:
             shapes.update({f"{key}_{segment}": {0: batch_dim, 1: length}
                            for key in SEGMENT_INPUTS})
         path = folder / f"{name}.onnx"
-        with torch.no_grad():
-            torch.onnx.export(wrapper, tuple(example), str(path), dynamo=True,
-                              input_names=list(shapes), output_names=["outputs"],
-                              dynamic_shapes=shapes, verbose=False)
+        # the exporter's progress lines and warnings are its own business: kept, and shown
+        # only if it fails
+        noise = io.StringIO()
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(noise), \
+                contextlib.redirect_stderr(noise), _quiet("torch.onnx", "torch.export"):
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(wrapper, tuple(example), str(path), dynamo=True,
+                                  input_names=list(shapes), output_names=["outputs"],
+                                  dynamic_shapes=shapes, verbose=False)
+            except Exception as e:
+                raise OnnxExportError(f"{path}: the ONNX exporter failed: "
+                                      f"{str(e).splitlines()[0][:300]} (its output ended: "
+                                      f"{noise.getvalue()[-300:]!r})") from None
         written.append(path)
     return written
+
+
+@contextlib.contextmanager
+def _quiet(*loggers):
+    """The named loggers at ERROR only, restored afterwards."""
+    import logging
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 class OnnxModel:
