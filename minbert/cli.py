@@ -34,6 +34,8 @@ def cmd_train(args):
     from minbert.pretrained import caveats
     config = _config(args)
     plan = build_plan(config, args.config or "flags")  # every method checked, once
+    if args.specialists:
+        return _train_specialists(plan, args)
     if args.seeds is not None:
         return _train_seeds(plan, args)
     from minbert.training import train
@@ -48,13 +50,34 @@ def cmd_train(args):
     return 0
 
 
-def _train_seeds(plan, args):
-    from minbert.seeds import train_seeds
+def _seeds(args) -> list[int]:
     try:
-        seeds = [int(x) for x in args.seeds.split(",")]
+        return [int(x) for x in args.seeds.split(",")]
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: give integers separated by commas, "
                          "e.g. 0,1,2") from None
+
+
+def _train_specialists(plan, args):
+    from minbert.build import build_plan
+    from minbert.evaluation import format_table, overall_score
+    from minbert.seeds import specialist_config, train_specialists
+    for task in plan.tasks:  # each specialist's recipe checked before any training
+        build_plan(specialist_config(plan.config, task), f"--specialists ({task})")
+    seeds = _seeds(args) if args.seeds is not None else None
+    results = train_specialists(plan.config, seeds, overwrite=args.overwrite)
+    if launched_as_main():
+        metrics = {task: result[task] for task, result in results.items() if task in result}
+        metrics["overall"] = overall_score(metrics, plan.tasks)
+        print(f"\nthe specialists together ({plan.config.run_dir}/specialist-*"
+              f"{', mean over seeds' if seeds else ''}):")
+        print(format_table(metrics, plan.tasks))
+    return 0
+
+
+def _train_seeds(plan, args):
+    from minbert.seeds import train_seeds
+    seeds = _seeds(args)
     result = train_seeds(plan.config, seeds, overwrite=args.overwrite)
     if launched_as_main():
         print(f"\n{len(seeds)} seeds ({plan.config.run_dir}/seeds.json): mean, standard "
@@ -327,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the run the folder already holds instead of refusing")
     p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: one run per seed "
                                    "in RUN_DIR/seed-N, then a summary (RUN_DIR/seeds.json)")
+    p.add_argument("--specialists", action="store_true",
+                   help="one run per task of the config, that task alone (RUN_DIR/specialist-"
+                        "TASK; with --seeds, a seeds folder each): compare a multi-task run "
+                        "with them, or distil them into one")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-5")
     p.set_defaults(func=cmd_train)
     p = _command(sub, "pretrain", "continued masked-LM pretraining of the encoder on the "

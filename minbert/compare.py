@@ -81,7 +81,7 @@ def compare_predictions(tasks: dict[str, Task], labels: dict[str, np.ndarray],
 def check_comparable(run_a, run_b, name_a, name_b) -> None:
     """Two runs' outputs over the same tasks and dev examples with the same labels; else a
     CompareError naming what differs."""
-    if list(run_a.tasks) != list(run_b.tasks):
+    if set(run_a.tasks) != set(run_b.tasks):
         raise CompareError(f"{name_a} has tasks {list(run_a.tasks)}, {name_b} has "
                            f"{list(run_b.tasks)}; compare runs of the same tasks")
     for name in run_a.tasks:
@@ -116,7 +116,7 @@ def compare_seed_runs(folder_a, folder_b) -> list[Difference]:
         raise CompareError(f"{folder_a} and {folder_b} share {len(common)} seed(s) "
                            f"({', '.join(common) or 'none'}); a seed comparison needs two")
     keys = [list(runs[i][common[0]]) for i in (0, 1)]
-    if keys[0] != keys[1]:
+    if set(keys[0]) != set(keys[1]):
         raise CompareError(f"{folder_a} has {keys[0]}, {folder_b} has {keys[1]}; compare "
                            "seeds of runs with the same tasks")
     folders = [Path(folder_a) / f"seed-{common[0]}", Path(folder_b) / f"seed-{common[0]}"]

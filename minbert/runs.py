@@ -363,6 +363,19 @@ def seed_runs(folder: str | Path) -> list[Path]:
     return sorted(runs, key=lambda p: int(p.name[5:]))
 
 
+SPECIALIST = "specialist-"  # RUN/specialist-TASK/: one task's run of a --specialists recipe
+
+
+def specialist_runs(folder: str | Path) -> dict[str, Path]:
+    """task -> its folder, for a folder that `minbert train --specialists` wrote ({} for
+    any other folder)."""
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return {}
+    return {p.name[len(SPECIALIST):]: p for p in sorted(folder.glob(SPECIALIST + "*"))
+            if p.is_dir()}
+
+
 def expand_seeds(folders: list[str | Path]) -> list[str]:
     """Folders with each `--seeds` folder replaced by its seed runs."""
     out = []
@@ -422,7 +435,19 @@ class RunOutputs:
 
 
 def read_outputs(folder: str | Path) -> RunOutputs:
-    """What the run (or evaluation) in `folder` produced, read from its files alone."""
+    """What the run (or evaluation) in `folder` produced, read from its files alone; for a
+    folder of specialists, their outputs together (one task from each)."""
+    specialists = specialist_runs(folder)
+    if specialists:
+        parts = [read_outputs(path) for path in specialists.values()]
+        merged = RunOutputs(Path(folder).name, Path(folder), {}, [], [])
+        for name, part in zip(specialists, parts):
+            if list(part.tasks) != [name]:
+                raise RunError(f"{part.folder}: a specialist of {name} holds tasks "
+                               f"{list(part.tasks)}")
+            for field_name in ("tasks", "labels", "predictions", "ids"):
+                getattr(merged, field_name).update(getattr(part, field_name))
+        return merged
     run = RunFolder(folder)
     for needed in (run.config_file, run.log_file):
         if not needed.is_file():

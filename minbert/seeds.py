@@ -1,6 +1,10 @@
-"""Several seeds of one recipe: `minbert train --seeds 0,1,2` trains one ordinary run per
+"""Several runs of one recipe. `minbert train --seeds 0,1,2` trains one ordinary run per
 seed in RUN_DIR/seed-N/ and summarises them in RUN_DIR/seeds.json (per task and overall:
 the mean, standard deviation and 95% t-interval of the mean across seeds).
+`minbert train --specialists` trains one run per task of the config, that task alone
+with the recipe's settings otherwise, in RUN_DIR/specialist-TASK/ (each a seeds folder
+with --seeds): the single-task models a multi-task model is measured against, and the
+teachers it may distil ([regularizers.distill] teachers = {TASK = ["RUN_DIR/specialist-TASK"]}).
 
 Every seed is a run of its own (locked, resumable: started again, finished seeds are not
 retrained), and a finished seed whose .pt files were deleted, or that another process
@@ -16,7 +20,9 @@ from tqdm import tqdm
 
 from minbert import distributed
 from minbert.config import RunConfig
-from minbert.runs import RunError, RunFolder, write_text_atomic
+from minbert.evaluation import overall_score
+from minbert.runs import SPECIALIST, RunError, RunFolder, specialist_runs, write_text_atomic
+from minbert.tasks import build_tasks
 from minbert.stats import mean_interval
 from minbert.training import train
 
@@ -78,6 +84,8 @@ def train_seeds(config: RunConfig, seeds: list[int], overwrite: bool = False) ->
 def seed_results(folder) -> dict[str, dict]:
     """Each seed's dev metrics in a `--seeds` folder: those of its seeds.json, and of any
     finished seed-N/ run it does not list (its log's final record)."""
+    if specialist_runs(folder):
+        return specialists_seed_results(folder)
     path = Path(folder) / SUMMARY
     runs = {}
     if path.is_file():
@@ -91,3 +99,49 @@ def seed_results(folder) -> dict[str, dict]:
         if seed not in runs and final is not None and "dev" in final:
             runs[seed] = final["dev"]
     return {seed: metrics for seed, metrics in runs.items() if "overall" in metrics}
+
+
+def specialist_config(config: RunConfig, task: str) -> RunConfig:
+    """The recipe for `task` alone, in RUN_DIR/specialist-TASK (no distillation: the
+    specialists are what a student distils)."""
+    smart = replace(config.smart, tasks=[t for t in config.smart.tasks if t == task])
+    return replace(config, run_dir=str(Path(config.run_dir) / f"{SPECIALIST}{task}"),
+                   data=replace(config.data, tasks=[task]), smart=smart,
+                   regularizers={k: v for k, v in config.regularizers.items()
+                                 if k != "distill"})
+
+
+def train_specialists(config: RunConfig, seeds: list[int] | None = None,
+                      overwrite: bool = False) -> dict[str, dict]:
+    """One run (or, with seeds, one seeds folder) per task; each task's dev metrics (the
+    mean over seeds)."""
+    results = {}
+    for task in config.data.tasks:
+        run = specialist_config(config, task)
+        if distributed.launched_as_main():
+            tqdm.write(f"specialist {task}: {run.run_dir}")
+        if seeds:
+            summary = train_seeds(run, seeds, overwrite)["summary"]
+            results[task] = {k: v["mean"] for k, v in summary.items()}
+        else:
+            results[task] = train(run, overwrite=overwrite)
+    return results
+
+
+def specialists_seed_results(folder) -> dict[str, dict]:
+    """Each seed's dev metrics of a specialists folder: every task from its specialist, the
+    overall score computed over them (what the specialists give together)."""
+    per_task = {task: seed_results(path) for task, path in specialist_runs(folder).items()}
+    common = set.intersection(*(set(r) for r in per_task.values())) if per_task else set()
+    if not common:  # specialists of one run each (no seeds), or none finished
+        return {}
+    tasks = {}
+    for task, path in specialist_runs(folder).items():
+        run = next(p for p in sorted(path.glob("seed-*")) if (p / "config.json").is_file())
+        tasks.update(build_tasks(RunFolder(run).read_config()))
+    out = {}
+    for seed in common:
+        metrics = {task: per_task[task][seed][task] for task in per_task}
+        out[seed] = {**metrics, "overall": overall_score(metrics, tasks)}
+    return out
+

@@ -62,6 +62,39 @@ def test_the_term_is_the_divergence_from_the_teachers_mean(teacher, tiny_checkpo
         assert sorted(distill.cache[name]) == [0, 1, 2, 3]  # cached by example
 
 
+def test_teacher_annealing_moves_the_target_from_the_teachers_to_the_gold_labels(
+        teacher, tiny_checkpoint):
+    """BAM: the task is trained on λ · gold loss + (1 − λ) · divergence, λ from 0 at the
+    first update to 1 at the last; the regulariser's term turns the trainer's gold loss
+    into that mix. Teachers by task: a task without one gets no term."""
+    values = tiny_config_values(teacher / "data", tiny_checkpoint, teacher / "student")
+    config = checked_config(values)
+    tasks = build_tasks(config)
+    student, tokenizer = build_model(config, tasks)
+    train_sets, _, _ = encode_train(config, tasks, tokenizer)
+    folder = str(teacher / "teacher")
+    plain = Distill({"sst": [folder]}, tasks=tasks)
+    annealed = Distill({"sst": [folder]}, anneal="linear", tasks=tasks)
+    annealed.start(total_updates=5)
+    task, batch = tasks["sst"], train_sets["sst"].batch(list(range(4)))
+    logits = student(batch).float()
+    gold = task.loss(logits, batch.labels).item()
+    divergence = plain(student, task, batch, logits).item()
+    for updates, share in ((0, 0.0), (2, 0.5), (4, 1.0)):
+        annealed.updates = updates
+        total = gold + annealed(student, task, batch, logits).item()
+        assert total == pytest.approx(share * gold + (1 - share) * divergence, rel=1e-5)
+    assert annealed(student, tasks["sts"], train_sets["sts"].batch([0]), logits[:1, :1]) == 0
+    restored = Distill({"sst": [folder]}, anneal="linear", tasks=tasks)
+    restored.load_state_dict(annealed.state_dict())
+    restored.start(total_updates=5)
+    assert restored.gold_share() == annealed.gold_share() == 1.0
+    with pytest.raises(ValueError, match="distill.teachers.nli: the student has no task"):
+        Distill({"nli": [folder]}, tasks=tasks)
+    with pytest.raises(ValueError, match="anneal = 'cosine'; use one of none, linear"):
+        Distill([folder], anneal="cosine", tasks=tasks)
+
+
 def test_teachers_are_checked(teacher, tiny_checkpoint):
     values = tiny_config_values(teacher / "data", tiny_checkpoint, teacher / "student")
     values["regularizers"] = {"distill": {"teachers": [str(teacher / "nowhere")]}}
@@ -120,3 +153,37 @@ def test_a_finished_student_is_read_without_its_teachers_or_its_tuner(
     assert cli.main(["report", student, other, "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "student" / "analysis.json").is_file()
 
+
+
+@pytest.mark.slow
+def test_specialists_train_one_task_each_compare_with_a_multitask_run_and_teach_it(
+        teacher, tiny_checkpoint, tmp_path, capsys):
+    """`--specialists`: a run per task; `compare` sets a multi-task run against them task by
+    task (the overall score over what the three models give); a student distils them with
+    teacher annealing, each task from its own specialist."""
+    import json
+
+    from minbert.runs import read_outputs
+    from minbert.seeds import specialist_config, train_specialists
+    values = tiny_config_values(teacher / "data", tiny_checkpoint, tmp_path / "spec", epochs=1)
+    config = checked_config(values)
+    assert specialist_config(config, "sts").data.tasks == ["sts"]
+    results = train_specialists(config)
+    assert {t: list(m) for t, m in results.items()} == {t: [t, "overall"] for t in results}
+    merged = read_outputs(tmp_path / "spec")
+    assert set(merged.tasks) == {"sst", "quora", "sts"} and len(merged.ids["sst"]) == 8
+    multi = tiny_config_values(teacher / "data", tiny_checkpoint, tmp_path / "multi", epochs=1)
+    train(checked_config(multi))
+    capsys.readouterr()
+    assert cli.main(["compare", str(tmp_path / "multi"), str(tmp_path / "spec")]) == 0
+    table = capsys.readouterr().out
+    assert all(f"\n{t} " in table for t in ("sst", "quora", "sts", "overall"))
+    student = tiny_config_values(teacher / "data", tiny_checkpoint, tmp_path / "bam", epochs=2)
+    student["regularizers"] = {"distill": {
+        "teachers": {t: [str(tmp_path / "spec" / f"specialist-{t}")] for t in results},
+        "anneal": "linear"}}
+    metrics = train(checked_config(student))
+    assert all(math.isfinite(v) for v in metrics.values())
+    start = json.loads((tmp_path / "bam" / "config.json").read_text())
+    assert start["regularizers"]["distill"]["teachers"]["sts"] == [
+        str(tmp_path / "spec" / "specialist-sts")]  # the teachers named in the run's config
