@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import minbert
 from minbert.config import load_config

@@ -46,7 +46,17 @@ def build_plan(config: RunConfig, source: str = "config") -> Plan:
         regularizers = build_regularizers(config, tasks)
     except ValueError as e:
         raise ConfigKeyError(f"{source}: {e}") from None
+    if cfg.compile:
+        _check_compile_backend(cfg.compile_backend, source)
     return Plan(config, tasks, sampler, combiner, regularizers, resolve_device(cfg.device))
+
+
+def _check_compile_backend(name: str, source: str) -> None:
+    import torch._dynamo
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if name not in known:
+        raise ConfigKeyError(f"{source}: train.compile_backend = {name!r}; use one of "
+                             f"{', '.join(sorted(known))}")
 
 
 def build_regularizers(config: RunConfig, tasks: dict[str, Task]) -> list[Regularizer]:

@@ -188,6 +188,7 @@ _CHOICES = {
     "smart.proximal_divergence": _SMART_DIVERGENCES,
 }
 # numeric ranges: (lowest, highest, lowest allowed?, highest allowed?); None: unbounded
+MAX_SEED = 2 ** 32 - 1  # numpy's generators take seeds below 2^32 as one 32-bit word
 _RANGES = {
     "model.head_dropout": (0, 1, True, False),
     "model.max_length": (8, None, True, None),  # [CLS] a [SEP] b [SEP] needs room for words
@@ -195,7 +196,7 @@ _RANGES = {
     "data.eval_batch_size": (1, None, True, None),
     "data.dev_limit": (0, None, True, None),
     "data.validation": (0, 0.5, True, True),
-    "data.validation_seed": (0, None, True, None),
+    "data.validation_seed": (0, MAX_SEED, True, True),
     "train.epochs": (1, None, True, None),
     "train.lr": (0, None, False, None),
     "train.head_lr": (0, None, True, None),
@@ -206,7 +207,7 @@ _RANGES = {
     "train.clip_norm": (0, None, True, None),
     "train.temperature": (0, None, False, None),
     "train.grad_accumulation": (1, None, True, None),
-    "train.seed": (0, None, True, None),
+    "train.seed": (0, MAX_SEED, True, True),
     "train.checkpoint_every": (1, None, True, None),
     "train.log_every": (1, None, True, None),
     "train.max_steps": (0, None, True, None),
@@ -219,7 +220,7 @@ _RANGES = {
     "pretrain.max_length": (8, None, True, None),
     "pretrain.mask_prob": (0, 1, False, False),
     "pretrain.held_out": (0, 0.5, True, True),
-    "pretrain.seed": (0, None, True, None),
+    "pretrain.seed": (0, MAX_SEED, True, True),
     "pretrain.checkpoint_every": (1, None, True, None),
     "pretrain.log_every": (1, None, True, None),
     "smart.adversarial_weight": (0, None, True, None),
@@ -334,6 +335,12 @@ def _check_range(where: str, value, bounds) -> None:
     raise ConfigKeyError(f"{where} must be {text}, got {value!r}")
 
 
+def _shown(key) -> str:
+    """A key as a message shows it: at most 60 characters."""
+    text = str(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _fill(section, values: dict, name: str, source: str, allowed=None) -> None:
     """Sets `values` on the dataclass `section`, each checked for name, type and range."""
     known = allowed or [f.name for f in fields(section)]
@@ -341,7 +348,7 @@ def _fill(section, values: dict, name: str, source: str, allowed=None) -> None:
         raise ConfigKeyError(f"{source}: [{name}] must be a table")
     for key, value in values.items():
         if key not in known:
-            raise ConfigKeyError(f"{source}: unknown key {name}.{key}; [{name}] takes "
+            raise ConfigKeyError(f"{source}: unknown key {name}.{_shown(key)}; [{name}] takes "
                                  f"{', '.join(sorted(known))}")
         setattr(section, key, check_type(f"{source}: {name}.{key}", value,
                                           getattr(section, key)))
@@ -367,7 +374,7 @@ def build_config(values: dict, source: str = "config") -> RunConfig:
         elif key in _SECTIONS:
             _fill(getattr(config, key), value, key, source)
         else:
-            raise ConfigKeyError(f"{source}: unknown key {key!r}; the top level takes run_dir, "
+            raise ConfigKeyError(f"{source}: unknown key {_shown(key)!r}; the top level takes run_dir, "
                                  f"tasks, regularizers, tune, {', '.join(_SECTIONS)}")
     validate(config, source)
     return config

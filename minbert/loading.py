@@ -69,7 +69,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     model, tokenizer = build_model(config, tasks)
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise RunError(f"{folder.best}: its weights do not fit the model that "
                        f"{folder.config_file} describes ({str(e).splitlines()[0]})") from None
     return LoadedRun(folder, config, tasks, model.eval(), tokenizer, state.get("metrics", {}))
@@ -80,7 +80,10 @@ def _load_export(folder: RunFolder) -> LoadedRun:
     info = folder.path / "heads.json"
     try:
         values = json.loads(info.read_text(encoding="utf-8"))["run_config"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError) as e:
+        if not isinstance(values, dict):
+            raise TypeError(f"run_config is {type(values).__name__}, not a table")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
+            RecursionError) as e:
         raise RunError(f"{info}: not written by this minbert's export (no run config: "
                        f"{first_line(e)}); export the run again") from None
     config = build_config(values, str(info))

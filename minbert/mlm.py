@@ -192,7 +192,13 @@ class Pretrainer:
         if self.overwrite:
             self._clear()
         elif saved_file.is_file():
-            saved = json.loads(saved_file.read_text(encoding="utf-8"))
+            try:
+                saved = json.loads(saved_file.read_text(encoding="utf-8"))
+            except (ValueError, RecursionError) as e:
+                raise RunError(f"{saved_file}: not a pretraining record ({e})") from None
+            if not isinstance(saved, dict):
+                raise RunError(f"{saved_file}: not a pretraining record (a "
+                               f"{type(saved).__name__}, not a table)")
             mine = self.saved_settings()
             changes = [f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}"
                        for k in sorted(set(saved) | set(mine))

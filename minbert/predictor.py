@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 
 from minbert.data import EncodedTask, Examples, MinbertWarning
-from minbert.evaluation import outputs
 from minbert.devices import resolve_device, resolve_precision
+from minbert.evaluation import outputs
 from minbert.loading import LoadedRun, load_run
 from minbert.runs import expand_seeds
 

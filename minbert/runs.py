@@ -86,7 +86,7 @@ _NUMPY_GLOBALS = [np.ndarray, np.dtype, _reconstruct,
 
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
+    return text.splitlines()[0][:600] if text else type(error).__name__
 
 
 def load_state(path: Path, required: tuple[str, ...] = ("model",),
@@ -126,7 +126,7 @@ def _open_plain(path: Path, flags: int) -> int:
     elsewhere would have its target truncated or overwritten."""
     try:
         return os.open(path, flags | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
+    except OSError:
         if path.is_symlink():
             raise RunError(f"{path}: is a symbolic link (to {os.readlink(path)}); a run "
                            "file must be a file of the run folder") from None

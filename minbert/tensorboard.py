@@ -15,8 +15,8 @@ class TensorBoard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise RuntimeError("train.tensorboard needs the tensorboard package: "
-                                   "pip install 'minbert[tensorboard]'") from None
+                raise ValueError("train.tensorboard needs the tensorboard package: "
+                                 "pip install 'minbert[tensorboard]'") from None
             self.writer = SummaryWriter(str(self.folder))
         if record["type"] == "step":
             for name, value in record["loss"].items():

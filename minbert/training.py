@@ -3,8 +3,8 @@
 Each step draws one batch of one or more tasks (the sampler decides), computes each task's
 loss plus its regularisers' terms, and hands the per-task losses to the combiner, which
 sets the gradients. The loop knows neither which combiner nor which regulariser it runs.
-Everything a run produces lands in its run folder (minbert/runs.py says what each file
-is); building the run and owning its folder happen there, the loop here.
+Everything a run produces lands in its run folder, whose files minbert/runs.py owns; the
+run's parts are built once from its config in minbert/build.py; the loop is here.
 """
 from __future__ import annotations
 
@@ -387,6 +387,25 @@ class Trainer:
             return False
         state = load_state(path, ("model", "optimizer", "config", "epoch", "rng"),
                            map_location=self.device)
+        try:
+            self._restore(state)
+        except RunError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError,
+                RuntimeError) as e:
+            raise RunError(f"{path}: a checkpoint field does not hold what this minbert wrote "
+                           f"({type(e).__name__}: {str(e)[:200]}); use another run_dir or "
+                           "--overwrite") from None
+        if self.main:
+            tqdm.write(f"resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
+                       f"{self.updates} updates done")
+        self.log({"type": "resume", "epoch": self.epoch + 1, "step": self.step,
+                  "device": str(self.device), "precision": self.precision})
+        return True
+
+    def _restore(self, state: dict) -> None:
+        """Model, optimizer, schedule, methods, counters, RNG and log from a checkpoint."""
+        path = self.folder.checkpoint
         changes = config_changes(state["config"], self.config)
         if changes:
             raise RunError(f"{path} was written by a different config ({', '.join(changes)}); "
@@ -409,12 +428,6 @@ class Trainer:
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         if self.main:  # drop what was logged after the checkpoint
             self.folder.truncate_log(state["log_bytes"])
-        if self.main:
-            tqdm.write(f"resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
-                       f"{self.updates} updates done")
-        self.log({"type": "resume", "epoch": self.epoch + 1, "step": self.step,
-                  "device": str(self.device), "precision": self.precision})
-        return True
 
 
 def train(plan: Plan | RunConfig, overwrite: bool = False, on_epoch=None,

@@ -289,3 +289,53 @@ def test_a_seeds_folder_is_read_as_its_seeds(finished, tmp_path, capsys):
         {"runs": {"0": {"sst": 0.5, "overall": 0.5}, "1": {"sst": 0.6, "overall": 0.6}}}))
     err = one_line_error(["compare", seeds, str(finished[0])], capsys)
     assert "is a --seeds folder and" in err and "minbert evaluate" in err
+
+
+# ---------------------------------------------------------------------- one line, not a traceback
+@pytest.mark.parametrize("values, message", [
+    ({"train": {"seed": 2 ** 70}}, r"train.seed must be in \[0, 4294967295\]"),
+    ({"train": {"compile": True, "compile_backend": "nope"}},
+     "train.compile_backend = 'nope'; use one of"),
+    ({"train": {"x" * 1_000_000: 1}}, r"unknown key train.xxxxx+\.\.\.; \[train\] takes"),
+])
+def test_values_that_would_fail_late_are_refused_by_key(values, message):
+    with pytest.raises(ConfigKeyError, match=message) as error:
+        checked_config(values)
+    assert len(str(error.value)) < 2000
+
+
+def test_crafted_run_files_of_the_wrong_shape_are_one_line_errors(run, tmp_path, capsys):
+    import torch
+    torch.save({"model": "not weights", "metrics": {}}, run / "best.pt")
+    err = one_line_error(["evaluate", str(run)], capsys)
+    assert "best.pt: its weights do not fit" in err
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "epoch": "one", "rng": {"torch": "x", "cuda": []}},
+               run / "checkpoint.pt")
+    config = run / "config.json"
+    saved = json.loads(config.read_text())
+    toml = tmp_path / "c.toml"
+    from minbert.tuning import to_toml
+    toml.write_text(to_toml({**{k: v for k, v in saved.items() if k != "tune"},
+                             "run_dir": str(run)}))
+    err = one_line_error(["train", "--config", str(toml)], capsys)
+    assert "checkpoint.pt: a checkpoint field does not hold what this minbert wrote" in err
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "[" * 200_000 + "]" * 200_000,
+                                     '{"run_config": [1]}'])
+def test_a_crafted_heads_json_is_a_one_line_error(run, tmp_path, capsys, content):
+    out = tmp_path / "export"
+    assert cli.main(["export", str(run), str(out)]) == 0
+    (out / "heads.json").write_text(content)
+    err = one_line_error(["evaluate", str(out)], capsys)
+    assert "heads.json: not written by this minbert's export" in err
+
+
+def test_a_subsample_that_keeps_nothing_names_its_key(finished, tmp_path):
+    values = {**finished[1], "run_dir": str(tmp_path / "r")}
+    values["tasks"] = {**values["tasks"], "sst": {**values["tasks"]["sst"],
+                                                  "subsample": 0.001}}
+    with pytest.raises(ValueError, match=r"tasks.sst.subsample: subsample 0.001 keeps no "
+                                         r"example of 8; keep a larger share"):
+        train(checked_config(values))

@@ -161,14 +161,16 @@ class Task:
                                      f"{validation_seed}:{self.name}")
                 held.append(part.subset(np.flatnonzero(mask)))
                 part = part.subset(np.flatnonzero(~mask))
-            part = part.subset(subsample_indices(len(part), entry.get("subsample"),
-                                                 seed + 7919 * (number + 1)))
+            part = part.subset(_subsample(len(part), entry.get("subsample"),
+                                          seed + 7919 * (number + 1),
+                                          f"tasks.{self.name}.train_files {entry['path']!r}"))
             counts[str(path)] = len(part)
             parts.append(part)
         if not parts:
             raise ValueError(f"tasks.{self.name}.train_files is empty")
         examples = Examples.concatenate(parts)
-        examples = examples.subset(subsample_indices(len(examples), self.subsample, seed))
+        examples = examples.subset(_subsample(len(examples), self.subsample, seed,
+                                              f"tasks.{self.name}.subsample"))
         return examples, Examples.concatenate(held) if held else None, counts
 
     def strata(self, labels: np.ndarray) -> np.ndarray:
@@ -214,6 +216,13 @@ class Task:
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def _subsample(size: int, amount, seed: int, where: str) -> np.ndarray:
+    try:
+        return subsample_indices(size, amount, seed)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}; keep a larger share") from None
 
 
 def _check_subsample(where: str, amount) -> None:
