@@ -287,6 +287,15 @@ def cmd_export(args):
     folder = check_run_folder(args.run_dir)
     check_export_target(folder.path, args.out)
     run = load_run(folder.path)
+    if args.task:
+        from minbert.export import export_task
+        if args.task not in run.tasks:
+            raise ValueError(f"--task {args.task}: the run has {', '.join(run.tasks)}")
+        with replacing(args.out) as tmp:
+            export_task(run.model, run.config, run.tasks[args.task], tmp, run.metrics)
+        print(f"wrote {args.out}: {args.task} as a transformers BertForSequenceClassification "
+              "folder (pipeline(\"text-classification\", model=...))")
+        return 0
     with replacing(args.out) as tmp:  # OUT is replaced whole, or left as it was
         export_run(run.model, run.config, tmp, run.tasks, run.metrics)
         if args.onnx:
@@ -423,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "export", "the fine-tuned encoder as an HF-format folder + heads")
     p.add_argument("run_dir")
     p.add_argument("out")
+    p.add_argument("--task", help="write this task alone as a transformers "
+                                  "BertForSequenceClassification folder (its head must read the "
+                                  "pooler: tasks.TASK.pooling = \"pooler\")")
     p.add_argument("--onnx", action="store_true",
                    help="also one ONNX graph per task (OUT/onnx/TASK.onnx) for onnxruntime")
     p.set_defaults(func=cmd_export)

@@ -61,8 +61,8 @@ def export_run(model, config, out: str | Path, tasks: dict | None = None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     encoder = model.encoder
-    (out / "config.json").write_text(json.dumps(encoder.config.to_dict(), indent=2),
-                                     encoding="utf-8")
+    hf = {**encoder.config.to_dict(), "architectures": ["BertModel"], "model_type": "bert"}
+    (out / "config.json").write_text(json.dumps(hf, indent=2), encoding="utf-8")
     save_file({k: v.detach().contiguous() for k, v in encoder.state_dict().items()},
               str(out / "model.safetensors"), metadata={"format": "pt"})
     source = resolve_checkpoint(config.model.checkpoint)
@@ -138,3 +138,59 @@ def model_card(config, tasks: dict, metrics: dict, max_length: int) -> str:
 def load_heads(folder: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     return load_file(str(Path(folder) / "heads.safetensors"))
+
+
+def export_task(model, config, task, out: str | Path, metrics: dict | None = None) -> Path:
+    """One task as a standard `BertForSequenceClassification` folder, which transformers'
+    `pipeline("text-classification", model=OUT)` (with `text_pair` for a pair) loads with the
+    run's weights, head included: classes with their names (`id2label`); a binary task as two
+    logits [0, z], so softmax gives sigmoid(z); a score task as one logit, whose sigmoid the
+    pipeline returns (the score is low + (high − low) · that). Only a head that BERT's own
+    classifier is can be written so: the pooler's output (`pooling = "pooler"`), one linear
+    layer, a single sentence or a cross-encoded pair."""
+    name = task.name
+    pooling, layers = model.poolings[name]
+    head = model.heads[name]
+    if model.encodings[name] not in ("single", "cross") or pooling != "pooler" \
+            or not hasattr(head, "out"):
+        raise ValueError(
+            f"export --task {name}: transformers' BertForSequenceClassification classifies "
+            f"BERT's pooler output of one sequence; this run's {name} head reads "
+            f"{pooling} pooling of {model.encodings[name]!r}-encoded inputs, which it cannot "
+            f"express. Train with tasks.{name}.pooling = \"pooler\" (and a cross-encoded pair) "
+            "to export it so, or use the full export with minbert.load")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = model.encoder
+    weight, bias = head.out.weight.detach(), head.out.bias.detach()
+    binary = task.class_names is not None and len(task.class_names) == 2 and weight.shape[0] == 1
+    if binary:  # softmax([0, z]) = [1 − sigmoid(z), sigmoid(z)]
+        weight = torch.cat([torch.zeros_like(weight), weight])
+        bias = torch.cat([torch.zeros_like(bias), bias])
+    labels = task.class_names or [f"{name} (sigmoid; score = low + (high - low) * it)"]
+    hf = {**encoder.config.to_dict(), "architectures": ["BertForSequenceClassification"],
+          "model_type": "bert", "num_labels": len(labels),
+          "id2label": {str(i): label for i, label in enumerate(labels)},
+          "label2id": {label: i for i, label in enumerate(labels)},
+          "problem_type": ("single_label_classification" if task.class_names
+                           else "regression")}
+    (out / "config.json").write_text(json.dumps(hf, indent=2), encoding="utf-8")
+    weights = {f"bert.{k}": v.detach().contiguous() for k, v in encoder.state_dict().items()}
+    weights.update({"classifier.weight": weight.contiguous(), "classifier.bias": bias.contiguous()})
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    source = resolve_checkpoint(config.model.checkpoint)
+    for file in TOKENIZER_FILES:
+        if (source / file).is_file():
+            shutil.copy(source / file, out / file)
+    max_length = min(config.model.max_length, encoder.config.max_position_embeddings)
+    _set_max_length(out / "tokenizer_config.json", max_length)
+    described = {name: _describe(name, task, model)}
+    card = model_card(config, described, metrics or {}, max_length).replace(
+        "## Load it", "## Load it\n\nWith transformers: `pipeline(\"text-classification\", "
+        "model=\"PATH\")`" + (" with `{\"text\": a, \"text_pair\": b}` inputs" if task.is_pair
+                              else "") + ".\n", 1)
+    (out / "README.md").write_text(card, encoding="utf-8")
+    for path in out.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
+    return out

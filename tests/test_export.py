@@ -108,3 +108,44 @@ def test_an_export_carries_a_model_card_label_names_and_no_local_paths(run, tmp_
         max_length == 32
     prediction = minbert.load(out).predict("sst", "the movie is good")
     assert prediction.label_names[0] in heads["task_outputs"]["sst"]["label_names"]
+
+
+def test_a_task_exported_alone_is_what_transformers_pipeline_predicts(
+        tmp_path, tiny_checkpoint, capsys):
+    """`export --task`: a BertForSequenceClassification folder; transformers' pipeline gives
+    the run's class names and probabilities (and the score task its sigmoid)."""
+    transformers = pytest.importorskip("transformers")
+    data = write_task_files((tmp_path / "data").mkdir() or tmp_path / "data")
+    values = tiny_config_values(data, tiny_checkpoint, tmp_path / "run", epochs=1)
+    values["model"]["pooling"] = "pooler"
+    train(checked_config(values))
+    ours = minbert.load(tmp_path / "run", precision="fp32")
+    inputs = {"sst": ["the movie is good", "an awful movie"],
+              "quora": [("how do i cook rice ?", "how do you cook rice ?")],
+              "sts": [("a dog runs .", "a cat runs .")]}
+    for task, texts in inputs.items():
+        out = tmp_path / f"hf-{task}"
+        assert cli.main(["export", str(tmp_path / "run"), str(out), "--task", task]) == 0
+        pipe = transformers.pipeline("text-classification", model=str(out), device="cpu")
+        expected = ours.predict(task, texts)
+        for i, text in enumerate(texts):
+            given = {"text": text[0], "text_pair": text[1]} if isinstance(text, tuple) else text
+            if expected.probabilities is not None:
+                theirs = {r["label"]: r["score"] for r in pipe(given, top_k=None)}
+                names = expected.class_names
+                np_expected = {names[c]: p for c, p in enumerate(expected.probabilities[i])}
+                assert theirs.keys() == np_expected.keys()
+                for label, p in np_expected.items():
+                    assert theirs[label] == pytest.approx(p, abs=1e-4)
+            else:
+                result = pipe(given, function_to_apply="sigmoid")
+                unit = (result[0] if isinstance(result, list) else result)["score"]
+                assert 5 * unit == pytest.approx(expected.scores[i], abs=5e-4)
+    capsys.readouterr()
+    mean_run = tmp_path / "mean"
+    values = tiny_config_values(data, tiny_checkpoint, mean_run, epochs=1)
+    train(checked_config(values))
+    assert cli.main(["export", str(mean_run), str(tmp_path / "x"), "--task", "sst"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot express" in err and 'tasks.sst.pooling = "pooler"' in err
+    assert not (tmp_path / "x").exists()
