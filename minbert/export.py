@@ -61,16 +61,8 @@ def export_run(model, config, out: str | Path, tasks: dict | None = None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     encoder = model.encoder
-    hf = {**encoder.config.to_dict(), "architectures": ["BertModel"], "model_type": "bert"}
-    (out / "config.json").write_text(json.dumps(hf, indent=2), encoding="utf-8")
-    save_file({k: v.detach().contiguous() for k, v in encoder.state_dict().items()},
-              str(out / "model.safetensors"), metadata={"format": "pt"})
-    source = resolve_checkpoint(config.model.checkpoint)
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, out / name)
-    max_length = min(config.model.max_length, encoder.config.max_position_embeddings)
-    _set_max_length(out / "tokenizer_config.json", max_length)
+    max_length = _write_hf_folder(out, config, encoder, {"architectures": ["BertModel"]},
+                                  encoder.state_dict())
     heads = {f"{task}.{key}": value.detach().contiguous()
              for task, head in model.heads.items() for key, value in head.state_dict().items()}
     save_file(heads, str(out / "heads.safetensors"))
@@ -86,10 +78,31 @@ def export_run(model, config, out: str | Path, tasks: dict | None = None,
         indent=2), encoding="utf-8")
     (out / "README.md").write_text(model_card(config, described, metrics or {}, max_length),
                                    encoding="utf-8")
+    _readable(out)
+    return out
+
+
+def _write_hf_folder(out: Path, config, encoder, settings: dict, weights: dict) -> int:
+    """config.json (the encoder's, with `settings`), model.safetensors (`weights`) and the
+    tokenizer files, its max length as trained; returns that length."""
+    hf = {**encoder.config.to_dict(), "model_type": "bert", **settings}
+    (out / "config.json").write_text(json.dumps(hf, indent=2), encoding="utf-8")
+    save_file({k: v.detach().contiguous() for k, v in weights.items()},
+              str(out / "model.safetensors"), metadata={"format": "pt"})
+    source = resolve_checkpoint(config.model.checkpoint)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, out / name)
+    max_length = min(config.model.max_length, encoder.config.max_position_embeddings)
+    _set_max_length(out / "tokenizer_config.json", max_length)
+    return max_length
+
+
+def _readable(out: Path) -> None:
+    """Files readable by all (a save may leave them private to the writer)."""
     for path in out.rglob("*"):
         if path.is_file():
             path.chmod(0o644)
-    return out
 
 
 def _describe(name, task, model) -> dict:
@@ -168,29 +181,19 @@ def export_task(model, config, task, out: str | Path, metrics: dict | None = Non
         weight = torch.cat([torch.zeros_like(weight), weight])
         bias = torch.cat([torch.zeros_like(bias), bias])
     labels = task.class_names or [f"{name} (sigmoid; score = low + (high - low) * it)"]
-    hf = {**encoder.config.to_dict(), "architectures": ["BertForSequenceClassification"],
-          "model_type": "bert", "num_labels": len(labels),
-          "id2label": {str(i): label for i, label in enumerate(labels)},
-          "label2id": {label: i for i, label in enumerate(labels)},
-          "problem_type": ("single_label_classification" if task.class_names
-                           else "regression")}
-    (out / "config.json").write_text(json.dumps(hf, indent=2), encoding="utf-8")
-    weights = {f"bert.{k}": v.detach().contiguous() for k, v in encoder.state_dict().items()}
-    weights.update({"classifier.weight": weight.contiguous(), "classifier.bias": bias.contiguous()})
-    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
-    source = resolve_checkpoint(config.model.checkpoint)
-    for file in TOKENIZER_FILES:
-        if (source / file).is_file():
-            shutil.copy(source / file, out / file)
-    max_length = min(config.model.max_length, encoder.config.max_position_embeddings)
-    _set_max_length(out / "tokenizer_config.json", max_length)
+    weights = {f"bert.{k}": v for k, v in encoder.state_dict().items()}
+    weights.update({"classifier.weight": weight, "classifier.bias": bias})
+    max_length = _write_hf_folder(out, config, encoder, {
+        "architectures": ["BertForSequenceClassification"], "num_labels": len(labels),
+        "id2label": {str(i): label for i, label in enumerate(labels)},
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "problem_type": "single_label_classification" if task.class_names else "regression"},
+        weights)
     described = {name: _describe(name, task, model)}
     card = model_card(config, described, metrics or {}, max_length).replace(
         "## Load it", "## Load it\n\nWith transformers: `pipeline(\"text-classification\", "
         "model=\"PATH\")`" + (" with `{\"text\": a, \"text_pair\": b}` inputs" if task.is_pair
                               else "") + ".\n", 1)
     (out / "README.md").write_text(card, encoding="utf-8")
-    for path in out.rglob("*"):
-        if path.is_file():
-            path.chmod(0o644)
+    _readable(out)
     return out

@@ -26,6 +26,16 @@ def teacher(tmp_path_factory, tiny_checkpoint):
     return root
 
 
+def a_student(teacher, tiny_checkpoint):
+    """A fresh student's tasks, model and encoded training sets over the teacher's data."""
+    values = tiny_config_values(teacher / "data", tiny_checkpoint, teacher / "student")
+    config = checked_config(values)
+    tasks = build_tasks(config)
+    student, tokenizer = build_model(config, tasks)
+    train_sets, _, _ = encode_train(config, tasks, tokenizer)
+    return tasks, student, train_sets
+
+
 def test_the_ensemble_target_is_the_mean_prediction():
     a, b = torch.randn(4, 5), torch.randn(4, 5)
     sst = build_task("sst", {})
@@ -42,11 +52,7 @@ def test_the_ensemble_target_is_the_mean_prediction():
 
 
 def test_the_term_is_the_divergence_from_the_teachers_mean(teacher, tiny_checkpoint):
-    values = tiny_config_values(teacher / "data", tiny_checkpoint, teacher / "student")
-    config = checked_config(values)
-    tasks = build_tasks(config)
-    student, tokenizer = build_model(config, tasks)
-    train_sets, _, _ = encode_train(config, tasks, tokenizer)
+    tasks, student, train_sets = a_student(teacher, tiny_checkpoint)
     folder = str(teacher / "teacher")
     distill = Distill([folder, folder], weight=0.5, tasks=tasks)
     from minbert.loading import load_run
@@ -67,11 +73,7 @@ def test_teacher_annealing_moves_the_target_from_the_teachers_to_the_gold_labels
     """BAM: the task is trained on λ · gold loss + (1 − λ) · divergence, λ from 0 at the
     first update to 1 at the last; the regulariser's term turns the trainer's gold loss
     into that mix. Teachers by task: a task without one gets no term."""
-    values = tiny_config_values(teacher / "data", tiny_checkpoint, teacher / "student")
-    config = checked_config(values)
-    tasks = build_tasks(config)
-    student, tokenizer = build_model(config, tasks)
-    train_sets, _, _ = encode_train(config, tasks, tokenizer)
+    tasks, student, train_sets = a_student(teacher, tiny_checkpoint)
     folder = str(teacher / "teacher")
     plain = Distill({"sst": [folder]}, tasks=tasks)
     annealed = Distill({"sst": [folder]}, anneal="linear", tasks=tasks)
