@@ -282,29 +282,9 @@ def cmd_compare(args):
 
 
 def cmd_export(args):
-    from minbert.export import check_export_target, export_run, replacing
-    from minbert.loading import check_run_folder, load_run
-    folder = check_run_folder(args.run_dir)
-    check_export_target(folder.path, args.out)
-    run = load_run(folder.path)
-    if args.task:
-        from minbert.export import export_task
-        if args.task not in run.tasks:
-            raise ValueError(f"--task {args.task}: the run has {', '.join(run.tasks)}")
-        with replacing(args.out) as tmp:
-            export_task(run.model, run.config, run.tasks[args.task], tmp, run.metrics)
-        print(f"wrote {args.out}: {args.task} as a transformers BertForSequenceClassification "
-              "folder (pipeline(\"text-classification\", model=...))")
-        return 0
-    with replacing(args.out) as tmp:  # OUT is replaced whole, or left as it was
-        export_run(run.model, run.config, tmp, run.tasks, run.metrics)
-        if args.onnx:
-            from minbert.onnx_backend import export_onnx
-            graphs = export_onnx(run.model, run.tasks, tmp)
-    if args.onnx:
-        for path in graphs:
-            print(f"wrote {Path(args.out) / path.relative_to(tmp)}")
-    print(f"wrote {args.out} (HF BertModel folder) with heads.safetensors and heads.json")
+    from minbert.export import export
+    for line in export(args.run_dir, args.out, task=args.task, onnx=args.onnx):
+        print(line)
     return 0
 
 

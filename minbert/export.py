@@ -54,6 +54,32 @@ def replacing(out: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def export(run_dir: str | Path, out: str | Path, task: str | None = None,
+           onnx: bool = False) -> list[str]:
+    """`minbert export`: the run in `run_dir` written to `out` (replaced whole, or left as
+    it was), as the full export (with ONNX graphs if asked) or, with `task`, that task as
+    a transformers classification folder; returns what was written, a line each."""
+    from minbert.loading import check_run_folder, load_run
+    folder = check_run_folder(run_dir)
+    check_export_target(folder.path, out)
+    run = load_run(folder.path)
+    if task:
+        if task not in run.tasks:
+            raise ValueError(f"--task {task}: the run has {', '.join(run.tasks)}")
+        with replacing(out) as tmp:
+            export_task(run.model, run.config, run.tasks[task], tmp, run.metrics)
+        return [f"wrote {out}: {task} as a transformers BertForSequenceClassification folder "
+                "(pipeline(\"text-classification\", model=...))"]
+    graphs = []
+    with replacing(out) as tmp:
+        export_run(run.model, run.config, tmp, run.tasks, run.metrics)
+        if onnx:
+            from minbert.onnx_backend import export_onnx
+            graphs = [path.relative_to(tmp) for path in export_onnx(run.model, run.tasks, tmp)]
+    return [*(f"wrote {Path(out) / path}" for path in graphs),
+            f"wrote {out} (HF BertModel folder) with heads.safetensors and heads.json"]
+
+
 def export_run(model, config, out: str | Path, tasks: dict | None = None,
                metrics: dict | None = None) -> Path:
     """The run's encoder as an HF BertModel folder, its heads beside it (heads.safetensors,
