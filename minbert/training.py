@@ -237,7 +237,8 @@ class Trainer:
                     f"task {name}: the loss is {loss.item()} at epoch {self.epoch + 1}, step "
                     f"{self.step + 1}; stopping. The last good checkpoint is kept in "
                     f"{self.run_dir / 'checkpoint.pt'}; lower train.lr or check the data.")
-            losses[name] = loss * weight / self.config.train.grad_accumulation
+            losses[name] = (loss * task.loss_weight * weight
+                            / self.config.train.grad_accumulation)
             if not mine:
                 continue
             preds, labels = self.train_outputs[name]

@@ -8,6 +8,7 @@ import torch
 
 from minbert import cli
 from minbert.build import checked_config
+from minbert.config import ConfigKeyError
 from minbert.runs import RunError
 from minbert.tokenizer import Tokenizer
 from minbert.training import TrainingError, train
@@ -283,3 +284,25 @@ def test_averaging_the_last_epochs_adds_their_mean_as_a_candidate(task_dir, tiny
     with pytest.raises(Exception, match="train.average_last"):
         checked_config(tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "c",
                                         average_last=3))
+
+
+@pytest.mark.parametrize("weight", [2.0, 0.0])
+def test_a_tasks_loss_weight_scales_its_gradient(task_dir, tiny_checkpoint, tmp_path, weight):
+    """tasks.X.loss_weight: the task's share of each step, a per-task budget of effort."""
+    from minbert.build import build_plan, encode_train
+    from minbert.loading import build_model
+    from minbert.training import Trainer
+    grads = []
+    for loss_weight in (1.0, weight):
+        values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / f"r{loss_weight}")
+        values["tasks"]["sst"]["loss_weight"] = loss_weight
+        plan = build_plan(checked_config(values))
+        model, tokenizer = build_model(plan.config, plan.tasks)
+        train_sets, _, _ = encode_train(plan.config, plan.tasks, tokenizer)
+        trainer = Trainer(plan, model.eval(), train_sets, {})  # eval: no dropout, same maths
+        window = {"tokens": 0, "slots": 0, "examples": 0, "time": 0.0, "loss": {}}
+        trainer.train_step([("sst", [0, 1, 2, 3])], window)
+        grads.append(model.heads["sst"].out.weight.grad.clone())
+    torch.testing.assert_close(grads[1], weight * grads[0])
+    with pytest.raises(ConfigKeyError, match="tasks.sst.loss_weight: a number ≥ 0"):
+        checked_config({"tasks": {"sst": {"loss_weight": -1}}})

@@ -35,6 +35,7 @@ class Task:
     pair_encoding: str | None = None  # "cross" | "bi" | "both" for this pair task; None: model.pair_encoding
     pooling: str | None = None     # "mean" | "cls" | "pooler" for this task; None: model.pooling
     pool_layers: int = 1           # the pooled outputs of the top N layers, concatenated
+    loss_weight: float = 1.0       # this task's loss (and its regularisers' terms) scaled
 
     kind = ""                    # the name a config gives: kind = "classification"
     metric_name = "metric"
@@ -112,6 +113,10 @@ class Task:
         if self.pooling == "pooler" and self.pool_layers != 1:
             raise ValueError(f"{where}.pool_layers: the pooler reads the last layer only; "
                              "use pooling = \"mean\" or \"cls\" to concatenate layers")
+        weight = self.loss_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"{where}.loss_weight: a number ≥ 0, got {weight!r}")
         if self.pair_encoding not in (None, *PAIR_ENCODINGS):
             raise ValueError(f"{where}.pair_encoding: {self.pair_encoding!r} is not one of "
                              f"{PAIR_ENCODINGS}")
