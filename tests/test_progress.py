@@ -62,5 +62,7 @@ def test_the_cli_installs_the_one_line_form(capsys):
     with warnings.catch_warnings():
         assert cli.main(["compare", "no-such-a", "no-such-b"]) == 2
         assert warnings.formatwarning is cli._one_line_warning
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
         cli.main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out.startswith("minbert 0.")
