@@ -104,6 +104,12 @@ def resolve_precision(name: str, device: torch.device, model: nn.Module | None =
 
 
 # ---------------------------------------------------------------------- measuring bf16
+def measured_shape(batch_size: int, max_length: int) -> tuple[int, int]:
+    """The batch shape `auto` times: the run's batch size at a typical length (64 tokens,
+    or max_length when shorter; the batches are length-sorted, so most are short)."""
+    return batch_size, min(64, max_length)
+
+
 def cache_file() -> Path:
     """Where measurements are kept: $MINBERT_CACHE, else the user's cache folder."""
     root = os.environ.get("MINBERT_CACHE") or Path(

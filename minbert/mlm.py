@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from minbert.config import RunConfig, flatten
 from minbert.data import DataError
-from minbert.devices import resolve_device, resolve_precision
+from minbert.devices import measured_shape, resolve_device, resolve_precision
 from minbert.model import ACTIVATIONS, BertModel
 from minbert.optim import adamw, linear_schedule, param_groups
 from minbert.progress import Progress
@@ -246,7 +246,7 @@ class Pretrainer:
         self.head.to(self.device)
         self.autocast, self.precision = resolve_precision(
             self.settings.precision, self.device, self.encoder,
-            (self.settings.batch_size, min(64, self.settings.max_length)))
+            measured_shape(self.settings.batch_size, self.settings.max_length))
         modules = nn.ModuleDict({"encoder": self.encoder, "mlm": self.head})
         self.optimizer = adamw(param_groups(modules, self.settings.lr), self.settings.lr,
                                self.settings.weight_decay, self.device)

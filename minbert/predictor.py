@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from minbert.data import EncodedTask, Examples, MinbertWarning
-from minbert.devices import resolve_device, resolve_precision
+from minbert.devices import measured_shape, resolve_device, resolve_precision
 from minbert.evaluation import outputs
 from minbert.loading import LoadedRun, load_run
 from minbert.runs import expand_seeds
@@ -61,12 +61,14 @@ class Prediction:
         return len(self.values)
 
     def __repr__(self) -> str:
-        shown = (self.label_names or [int(v) for v in self.values[:5]]
-                 if self.probabilities is not None else
-                 [round(float(v), 4) for v in self.values[:5]])
+        first = Prediction(self.task, self.values[:5], None if self.probabilities is None
+                           else self.probabilities[:5], self.class_names)
+        shown = (first.label_names or [int(v) for v in first.values]
+                 if first.probabilities is not None else
+                 [round(float(v), 4) for v in first.values])
         more = f", ... ({len(self)} in all)" if len(self) > 5 else ""
         kind = "labels" if self.probabilities is not None else "scores"
-        return f"Prediction({self.task!r}, {kind}={shown[:5]}{more})"
+        return f"Prediction({self.task!r}, {kind}={shown}{more})"
 
 
 class Predictor:
@@ -93,7 +95,7 @@ class Predictor:
         encoder = getattr(first.model, "encoder", None)  # None: an ONNX graph (fp32)
         self.autocast, self.precision = resolve_precision(
             precision or first.config.train.precision, self.device, encoder,
-            (first.config.data.eval_batch_size, min(64, first.config.model.max_length)),
+            measured_shape(first.config.data.eval_batch_size, first.config.model.max_length),
             training=False)
         for run in runs:
             run.model.to(self.device).eval()

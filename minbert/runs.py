@@ -208,10 +208,11 @@ class RunFolder:
     def is_evaluation(self) -> bool:
         """Whether the folder was written by `minbert evaluate --out` (not by training)."""
         try:
-            first = self.records()[:1]
-        except RunError:
+            with open(self.log_file, encoding="utf-8") as fp:
+                first = json.loads(fp.readline())
+        except (OSError, ValueError):
             return False
-        return bool(first) and first[0]["type"] == "evaluation"
+        return isinstance(first, dict) and first.get("type") == "evaluation"
 
     def write_config(self, values: dict) -> None:
         write_text_atomic(self.config_file, json.dumps(values, indent=2))
@@ -466,9 +467,8 @@ def read_outputs(folder: str | Path) -> RunOutputs:
         examples = read_split(config, task, "dev")  # what the run scored (dev_limit)
         if len(predicted) < len(examples):
             raise RunError(f"{path}: holds {len(predicted)} of the {len(examples)} dev "
-                           "predictions the "
-                           "run made (a write cut short?); score the run again with `minbert "
-                           f"evaluate {run.path} --out DIR`")
+                           "predictions the run made (a write cut short?); score the run "
+                           f"again with `minbert evaluate {run.path} --out DIR`")
         keep = [i for i, example_id in enumerate(examples.ids) if example_id in predicted]
         outputs.ids[name] = [examples.ids[i] for i in keep]
         outputs.labels[name] = examples.labels[keep]
@@ -481,7 +481,7 @@ def write_evaluation(out: str | Path, config: dict, record: dict, tasks: dict[st
     """An evaluation folder that `compare` and `report` read like a run's: the config, one
     "evaluation" `record` as its log, dev-metrics.json and the dev prediction files."""
     folder = RunFolder(out)
-    write_text_atomic(folder.config_file, json.dumps(config, indent=2))
+    folder.write_config(config)
     write_text_atomic(folder.log_file, json.dumps({"type": "evaluation", **record}) + "\n")
     write_text_atomic(folder.path / "dev-metrics.json",
                       json.dumps(record["dev"], indent=2) + "\n")

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from minbert import distributed
 from minbert.config import RunConfig
 from minbert.evaluation import overall_score
-from minbert.runs import SPECIALIST, RunError, RunFolder, specialist_runs, write_text_atomic
+from minbert.runs import (SPECIALIST, RunError, RunFolder, seed_runs, specialist_runs,
+                          write_text_atomic)
 from minbert.tasks import build_tasks
 from minbert.stats import mean_interval
 from minbert.training import train
@@ -131,16 +132,16 @@ def train_specialists(config: RunConfig, seeds: list[int] | None = None,
 def specialists_seed_results(folder) -> dict[str, dict]:
     """Each seed's dev metrics of a specialists folder: every task from its specialist, the
     overall score computed over them (what the specialists give together)."""
-    per_task = {task: seed_results(path) for task, path in specialist_runs(folder).items()}
+    specialists = specialist_runs(folder)
+    per_task = {task: seed_results(path) for task, path in specialists.items()}
     common = set.intersection(*(set(r) for r in per_task.values())) if per_task else set()
     if not common:  # specialists of one run each (no seeds), or none finished
         return {}
     tasks = {}
-    for task, path in specialist_runs(folder).items():
-        run = next(p for p in sorted(path.glob("seed-*")) if (p / "config.json").is_file())
-        tasks.update(build_tasks(RunFolder(run).read_config()))
+    for path in specialists.values():
+        tasks.update(build_tasks(RunFolder(seed_runs(path)[0]).read_config()))
     out = {}
-    for seed in common:
+    for seed in sorted(common, key=int):
         metrics = {task: per_task[task][seed][task] for task in per_task}
         out[seed] = {**metrics, "overall": overall_score(metrics, tasks)}
     return out

@@ -20,7 +20,7 @@ from minbert import distributed
 from minbert.build import Plan, build_plan, encode_split, encode_train
 from minbert.config import RunConfig
 from minbert.data import EncodedTask
-from minbert.devices import machine_summary, resolve_precision
+from minbert.devices import machine_summary, measured_shape, resolve_precision
 from minbert.evaluation import evaluate, format_table, overall_score
 from minbert.loading import build_model
 from minbert.multitask import MultiTaskModel
@@ -91,8 +91,8 @@ class Trainer:
         # measured on rank 0 (the others would share its cores), the same on every rank
         decision = resolve_precision(cfg.precision, self.device,
                                      self.model.encoder if self.main else None,
-                                     (self.config.data.batch_size,
-                                      min(64, self.config.model.max_length)))
+                                     measured_shape(self.config.data.batch_size,
+                                                    self.config.model.max_length))
         self.autocast, self.precision = distributed.gather_objects(decision)[0]
         distributed.broadcast_parameters(self.model)
         if distributed.active():  # each rank its own dropout masks and SMART noise
