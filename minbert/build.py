@@ -39,6 +39,7 @@ def build_plan(config: RunConfig, source: str = "config") -> Plan:
     """The run's parts; errors name the key (`source` says which file or flags)."""
     tasks = _tasks(config, source)
     cfg = config.train
+    _check_budgets(tasks, cfg.epochs, source)
     try:
         sampler = make_sampler(cfg.sampler, cfg.temperature)
         combiner = make_combiner(cfg.combiner, seed=cfg.seed, tasks=tasks,
@@ -49,6 +50,20 @@ def build_plan(config: RunConfig, source: str = "config") -> Plan:
     if cfg.compile:
         _check_compile_backend(cfg.compile_backend, source)
     return Plan(config, tasks, sampler, combiner, regularizers, resolve_device(cfg.device))
+
+
+def _check_budgets(tasks: dict[str, Task], epochs: int, source: str) -> None:
+    """Per-task epochs within the run's, and some task training in its last epoch."""
+    budgets = {name: task.epochs for name, task in tasks.items() if task.epochs is not None}
+    for name, budget in budgets.items():
+        if budget > epochs:
+            raise ConfigKeyError(f"{source}: tasks.{name}.epochs = {budget} is more than "
+                                 f"train.epochs = {epochs}; raise train.epochs (the other "
+                                 "tasks' epochs may be set lower)")
+    if len(budgets) == len(tasks) and max(budgets.values()) <= epochs - 1:
+        raise ConfigKeyError(f"{source}: every task stops before train.epochs = {epochs} "
+                             f"(tasks.X.epochs at most {max(budgets.values())}); lower "
+                             "train.epochs")
 
 
 def _check_compile_backend(name: str, source: str) -> None:

@@ -8,6 +8,8 @@ An epoch's plan depends only on (seed, epoch), so a resumed run replays it exact
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minbert.data import EncodedTask
@@ -95,8 +97,12 @@ def make_sampler(name: str, temperature: float = 2.0) -> Sampler:
 
 
 def plan_epoch(tasks: dict[str, EncodedTask], batch_size: int, sampler: Sampler, seed: int,
-               epoch: int) -> list[list[tuple[str, np.ndarray]]]:
-    """The steps of one epoch, each a list of (task, example indices)."""
+               epoch: int, shares: dict[str, float] | None = None
+               ) -> list[list[tuple[str, np.ndarray]]]:
+    """The steps of one epoch, each a list of (task, example indices). `shares`: each
+    task's share of its batches in this epoch (a per-task budget, `tasks.X.epochs`); a
+    task with share 0 is left out, one with ½ draws the first half of its shuffled
+    batches; the rest keep every batch."""
     batches = {name: [] for name in tasks}
 
     def next_batch(name: str, occurrence: int) -> np.ndarray:
@@ -106,7 +112,10 @@ def plan_epoch(tasks: dict[str, EncodedTask], batch_size: int, sampler: Sampler,
             batches[name] += tasks[name].bucketed_batches(batch_size, rng)
         return batches[name][occurrence]
 
-    counts = {name: -(-len(t) // batch_size) for name, t in tasks.items()}
+    shares = shares or {}
+    counts = {name: math.ceil(-(-len(t) // batch_size) * shares.get(name, 1.0))
+              for name, t in tasks.items()}
+    counts = {name: n for name, n in counts.items() if n > 0}
     schedule = sampler.schedule(counts, np.random.default_rng([seed, epoch, 1 << 20]))
     seen = dict.fromkeys(tasks, 0)
     steps = []

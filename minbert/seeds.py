@@ -13,6 +13,7 @@ trained, is read from its log's final record. This module owns `seed-N/` and see
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,8 +107,10 @@ def specialist_config(config: RunConfig, task: str) -> RunConfig:
     """The recipe for `task` alone, in RUN_DIR/specialist-TASK (no distillation: the
     specialists are what a student distils)."""
     smart = replace(config.smart, tasks=[t for t in config.smart.tasks if t == task])
+    budget = config.tasks.get(task, {}).get("epochs")  # the task's own epochs, if any
+    train = replace(config.train, epochs=math.ceil(budget)) if budget else config.train
     return replace(config, run_dir=str(Path(config.run_dir) / f"{SPECIALIST}{task}"),
-                   data=replace(config.data, tasks=[task]), smart=smart,
+                   data=replace(config.data, tasks=[task]), smart=smart, train=train,
                    regularizers={k: v for k, v in config.regularizers.items()
                                  if k != "distill"})
 

@@ -104,9 +104,10 @@ class Trainer:
                 p.requires_grad_(False)
         self.sampler, self.combiner = plan.sampler, plan.combiner
         self.regularizers = plan.regularizers
-        self.steps_per_epoch = len(self._plan(0))
-        self.updates_per_epoch = math.ceil(self.steps_per_epoch / cfg.grad_accumulation)
-        self.total_updates = self.updates_per_epoch * cfg.epochs
+        # per-task budgets (tasks.X.epochs) make later epochs shorter: count each one
+        epoch_steps = [len(self._plan(epoch)) for epoch in range(cfg.epochs)]
+        self.steps_per_epoch = epoch_steps[0]
+        self.total_updates = sum(math.ceil(n / cfg.grad_accumulation) for n in epoch_steps)
         self.optimizer = adamw(param_groups(self.model, cfg.lr, cfg.head_lr, cfg.layer_decay),
                                cfg.lr, cfg.weight_decay, self.device)
         self.scheduler = linear_schedule(self.optimizer, int(cfg.warmup * self.total_updates),
@@ -117,13 +118,15 @@ class Trainer:
         # train.average_last: the running mean of the last epochs' weights (float tensors)
         self.average, self.averaged_epochs = None, []
         self.train_outputs = {name: ([], []) for name in self.tasks}  # predictions, labels
+        self.lr_scales = []  # the lr_scale of each task batch since the last update
         self.file_counts = file_counts or {}
         self.tensorboard = TensorBoard(self.run_dir / "tensorboard", self.selection) \
             if cfg.tensorboard and self.main else None
 
     def _plan(self, epoch: int):
         return plan_epoch(self.train_sets, self.config.data.batch_size, self.sampler,
-                          self.config.train.seed, epoch)
+                          self.config.train.seed, epoch,
+                          {name: task.epoch_share(epoch) for name, task in self.tasks.items()})
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> dict:
@@ -237,6 +240,7 @@ class Trainer:
                     f"task {name}: the loss is {loss.item()} at epoch {self.epoch + 1}, step "
                     f"{self.step + 1}; stopping. The last good checkpoint is kept in "
                     f"{self.run_dir / 'checkpoint.pt'}; lower train.lr or check the data.")
+            self.lr_scales.append(task.lr_scale)
             losses[name] = (loss * task.loss_weight * weight
                             / self.config.train.grad_accumulation)
             if not mine:
@@ -259,7 +263,17 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.grad is not None],
                 self.config.train.clip_norm)
+        # tasks.X.lr_scale: this update's step scaled by the mean scale of the tasks whose
+        # batches it holds (the schedule's rate is restored before the scheduler moves on)
+        scale = sum(self.lr_scales) / len(self.lr_scales) if self.lr_scales else 1.0
+        self.lr_scales = []
+        if scale != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= scale
         self.optimizer.step()
+        if scale != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] /= scale
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1

@@ -90,3 +90,23 @@ def test_temperature_plan_cycles_small_tasks(encoded):
     assert len(b_batches) > 4  # more than one pass over b's 4 batches
     first_pass = np.concatenate(b_batches[:4])
     assert sorted(first_pass.tolist()) == list(range(13))
+
+
+@pytest.mark.parametrize("name", ["round-robin", "proportional", "interleaved"])
+def test_a_tasks_share_of_an_epoch_keeps_the_first_of_its_batches(encoded, name):
+    """Per-task budgets (tasks.X.epochs): share ½ keeps the first half of the task's shuffled
+    batches (rounded up) in the same order, share 0 leaves the task out."""
+    sampler = make_sampler(name)
+
+    def batches(shares, task):
+        return [i.tolist() for step in plan_epoch(encoded, 4, sampler, 0, 1, shares)
+                for n, i in step if n == task]
+    whole = batches(None, "a")
+    assert batches({"a": 1.0}, "a") == whole
+    assert len(whole) == 13 and batches({"a": 0.5}, "a") == whole[:7]  # 13 batches: 7
+    assert batches({"a": 0.0}, "a") == [] and batches({"a": 0.0}, "b")
+
+
+def test_a_task_with_share_0_is_never_drawn_by_the_temperature_sampler(encoded):
+    plan = plan_epoch(encoded, 4, make_sampler("temperature", 100.0), 0, 0, {"b": 0.0})
+    assert plan and all(n == "a" for step in plan for n, _ in step)

@@ -306,3 +306,77 @@ def test_a_tasks_loss_weight_scales_its_gradient(task_dir, tiny_checkpoint, tmp_
     torch.testing.assert_close(grads[1], weight * grads[0])
     with pytest.raises(ConfigKeyError, match="tasks.sst.loss_weight: a number ≥ 0"):
         checked_config({"tasks": {"sst": {"loss_weight": -1}}})
+
+
+def _trainer(values):
+    from minbert.build import build_plan, encode_train
+    from minbert.loading import build_model
+    from minbert.training import Trainer
+    plan = build_plan(checked_config(values))
+    model, tokenizer = build_model(plan.config, plan.tasks)
+    train_sets, _, _ = encode_train(plan.config, plan.tasks, tokenizer)
+    return Trainer(plan, model, train_sets, {})
+
+
+def test_a_tasks_epochs_end_its_training_early_and_the_schedule_counts_it(task_dir,
+                                                                         tiny_checkpoint,
+                                                                         tmp_path):
+    """tasks.X.epochs: X trains in the run's first N epochs only; the lr schedule (and so
+    its decay to 0) counts the shorter epochs."""
+    values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / "run", epochs=3)
+    values["tasks"]["sst"]["epochs"] = 1
+    values["tasks"]["sts"]["epochs"] = 2.5
+    trainer = _trainer(values)
+    counts = [{n: sum(1 for step in trainer._plan(e) for name, _ in step if name == n)
+               for n in ("sst", "quora", "sts")} for e in range(3)]
+    # 8 SST, 6 Quora and 6 STS examples in batches of 4: 2 batches each
+    assert counts == [{"sst": 2, "quora": 2, "sts": 2}, {"sst": 0, "quora": 2, "sts": 2},
+                      {"sst": 0, "quora": 2, "sts": 1}]
+    assert trainer.total_updates == 2 + 2 + 2  # round-robin: steps = the largest task's
+    train(checked_config(values))
+    records = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    trained = [set(r["train"]) - {"overall"} for r in records if r["type"] == "epoch"]
+    assert trained == [{"sst", "quora", "sts"}, {"quora", "sts"}, {"quora", "sts"}]
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["updates"] == 6
+
+
+def test_a_tasks_lr_scale_scales_the_updates_it_draws(task_dir, tiny_checkpoint, tmp_path):
+    """tasks.X.lr_scale: an update of X's batches moves the weights `lr_scale` times as far
+    (AdamW's first step is lr · sign(g), plus decay, both scaled), and the schedule's rate
+    is back afterwards."""
+    moved, rates = {}, {}
+    for scale in (1.0, 2.0):
+        values = tiny_config_values(task_dir, tiny_checkpoint, tmp_path / f"r{scale}")
+        values["tasks"]["sst"]["lr_scale"] = scale
+        trainer = _trainer(values)
+        trainer.model.eval()  # no dropout: the same gradient in both runs
+        before = trainer.model.heads["sst"].out.weight.detach().clone()
+        window = {"tokens": 0, "slots": 0, "examples": 0, "time": 0.0, "loss": {}}
+        trainer.train_step([("sst", [0, 1, 2, 3])], window)
+        trainer.update()
+        moved[scale] = trainer.model.heads["sst"].out.weight.detach() - before
+        rates[scale] = [g["lr"] for g in trainer.optimizer.param_groups]
+        assert trainer.lr_scales == []
+    torch.testing.assert_close(moved[2.0], 2 * moved[1.0])
+    assert rates[2.0] == pytest.approx(rates[1.0])
+
+
+@pytest.mark.parametrize("task_settings, epochs, message", [
+    ({"sst": {"epochs": 3}}, 2, "tasks.sst.epochs = 3 is more than train.epochs = 2"),
+    ({"sst": {"epochs": 1}, "quora": {"epochs": 1}, "sts": {"epochs": 0.5}}, 2,
+     "every task stops before train.epochs = 2"),
+    ({"sst": {"epochs": 0}}, 2, r"tasks.sst.epochs: a number of epochs > 0"),
+    ({"sst": {"lr_scale": 0}}, 2, r"tasks.sst.lr_scale: a number > 0"),
+    ({"sst": {"lr_scale": "fast"}}, 2, r"tasks.sst.lr_scale: a number > 0"),
+])
+def test_per_task_budgets_are_checked_when_the_config_loads(task_settings, epochs, message):
+    with pytest.raises(ConfigKeyError, match=message):
+        checked_config({"tasks": task_settings, "train": {"epochs": epochs}})
+
+
+def test_a_specialist_trains_for_its_tasks_epochs():
+    from minbert.seeds import specialist_config
+    config = checked_config({"tasks": {"sst": {"epochs": 1.5}}, "train": {"epochs": 3}})
+    assert specialist_config(config, "sst").train.epochs == 2
+    assert specialist_config(config, "sts").train.epochs == 3

@@ -36,6 +36,9 @@ class Task:
     pooling: str | None = None     # "mean" | "cls" | "pooler" for this task; None: model.pooling
     pool_layers: int = 1           # the pooled outputs of the top N layers, concatenated
     loss_weight: float = 1.0       # this task's loss (and its regularisers' terms) scaled
+    epochs: float | None = None    # train on this task for the run's first N epochs (a
+                                   # fraction: that share of the last one); None: all of them
+    lr_scale: float = 1.0          # the learning rate of updates drawn from this task, scaled
 
     kind = ""                    # the name a config gives: kind = "classification"
     metric_name = "metric"
@@ -117,6 +120,14 @@ class Task:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
                 or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"{where}.loss_weight: a number ≥ 0, got {weight!r}")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(
+                self.epochs, (int, float)) or not math.isfinite(self.epochs) or self.epochs <= 0):
+            raise ValueError(f"{where}.epochs: a number of epochs > 0 (at most train.epochs), "
+                             f"got {self.epochs!r}")
+        scale = self.lr_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) \
+                or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"{where}.lr_scale: a number > 0, got {scale!r}")
         if self.pair_encoding not in (None, *PAIR_ENCODINGS):
             raise ValueError(f"{where}.pair_encoding: {self.pair_encoding!r} is not one of "
                              f"{PAIR_ENCODINGS}")
@@ -128,6 +139,13 @@ class Task:
     @property
     def num_outputs(self) -> int:
         raise NotImplementedError
+
+    def epoch_share(self, epoch: int) -> float:
+        """The share of this task's training batches in the run's epoch `epoch` (from 0):
+        1 within its `epochs`, the fraction in the last, 0 after."""
+        if self.epochs is None:
+            return 1.0
+        return min(1.0, max(0.0, self.epochs - epoch))
 
     def encoding(self, default_encoding: str) -> str:
         """How this task's examples become segments (data.ENCODINGS): "single" for one
