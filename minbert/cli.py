@@ -30,15 +30,28 @@ def _config(args, run_dir_key: str = "run_dir"):
 
 def cmd_train(args):
     from minbert.build import build_plan
-    from minbert.evaluation import format_table
-    from minbert.pretrained import caveats
+    if args.finetune is not None and args.finetune < 1:
+        raise ValueError(f"--finetune {args.finetune}: the fine-tuning's epochs, at least 1")
+    if args.specialists and args.finetune:
+        raise ValueError("--specialists and --finetune: choose one (--finetune trains "
+                         "specialists too, each starting from the multi-task model)")
     config = _config(args)
     plan = build_plan(config, args.config or "flags")  # every method checked, once
+    if args.finetune:
+        return _train_finetuned(plan, args)
     if args.specialists:
         return _train_specialists(plan, args)
     if args.seeds is not None:
         return _train_seeds(plan, args)
+    return _train_one(plan, args)
+
+
+def _train_one(plan, args):
+    """One run of a built plan, its dev metrics printed."""
+    from minbert.evaluation import format_table
+    from minbert.pretrained import caveats
     from minbert.training import train
+    config = plan.config
     result = train(plan, overwrite=args.overwrite)
     if "overall" in result and launched_as_main():  # under torchrun rank 0 says it
         chosen = ("dev metrics of the epoch chosen on the held-out validation split"
@@ -58,7 +71,7 @@ def _seeds(args) -> list[int]:
                          "e.g. 0,1,2") from None
 
 
-def _train_specialists(plan, args):
+def _train_specialists(plan, args, what="the specialists together"):
     from minbert.build import build_plan
     from minbert.evaluation import format_table, overall_score
     from minbert.seeds import specialist_config, train_specialists
@@ -69,10 +82,26 @@ def _train_specialists(plan, args):
     if launched_as_main():
         metrics = {task: result[task] for task, result in results.items() if task in result}
         metrics["overall"] = overall_score(metrics, plan.tasks)
-        print(f"\nthe specialists together ({plan.config.run_dir}/specialist-*"
+        print(f"\n{what} ({plan.config.run_dir}/specialist-*"
               f"{', mean over seeds' if seeds else ''}):")
         print(format_table(metrics, plan.tasks))
     return 0
+
+
+def _train_finetuned(plan, args):
+    """MT-DNN: the multi-task model in RUN/multitask, then each task fine-tuned alone from
+    it in RUN/specialist-TASK (three models: compare RUN with RUN/multitask)."""
+    from minbert.build import build_plan
+    from minbert.seeds import finetune_configs
+    multi, tuned = finetune_configs(plan.config, args.finetune)
+    tuned_plan = build_plan(tuned, f"--finetune {args.finetune}")
+    if launched_as_main():
+        print(f"the multi-task stage: {multi.run_dir}")
+    if args.seeds is not None:
+        _train_seeds(build_plan(multi), args)
+    else:
+        _train_one(build_plan(multi), args)
+    return _train_specialists(tuned_plan, args, f"each task fine-tuned from {multi.run_dir}")
 
 
 def _train_seeds(plan, args):
@@ -343,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one run per task of the config, that task alone (RUN_DIR/specialist-"
                         "TASK; with --seeds, a seeds folder each): compare a multi-task run "
                         "with them, or distil them into one")
+    p.add_argument("--finetune", type=int, nargs="?", const=1, metavar="EPOCHS",
+                   help="MT-DNN: the multi-task run in RUN_DIR/multitask, then each task "
+                        "fine-tuned alone from it for EPOCHS (default 1) in RUN_DIR/"
+                        "specialist-TASK; compare RUN_DIR with RUN_DIR/multitask")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-5")
     p.set_defaults(func=cmd_train)
     p = _command(sub, "pretrain", "continued masked-LM pretraining of the encoder on the "

@@ -48,6 +48,9 @@ class ModelConfig:
     similarity_head: str = "cosine"   # bi-encoded regression: cosine | concat
     head_dropout: float = 0.1
     max_length: int = 128
+    init_from: str = ""               # a finished run: start from its best weights (encoder,
+                                      # and the heads of the tasks it shares); a --seeds
+                                      # folder: its seed-N run for train.seed = N
 
 
 @dataclass

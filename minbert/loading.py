@@ -97,3 +97,46 @@ def _load_export(folder: RunFolder) -> LoadedRun:
         raise RunError(f"{folder.path / 'heads.safetensors'}: the heads do not fit "
                        f"{info} ({str(e).splitlines()[0]})") from None
     return LoadedRun(folder, config, tasks, model.eval(), tokenizer, {})
+
+
+def init_folder(init_from: str | Path, seed: int) -> Path:
+    """The run that `model.init_from` names for a run of `seed`: the folder itself, or the
+    seed's run of a --seeds folder."""
+    folder = Path(init_from)
+    if not (folder / "config.json").is_file():
+        seeded = folder / f"seed-{seed}"
+        if (seeded / "config.json").is_file():
+            return seeded
+        if any(folder.glob("seed-*")):
+            raise RunError(f"model.init_from = {str(folder)!r}: a --seeds folder without a "
+                           f"run for seed {seed} (seed-{seed}/)")
+    return folder
+
+
+def start_from_run(model: MultiTaskModel, init_from: str | Path, seed: int) -> Path:
+    """`model.init_from`: the encoder's weights and those of the heads of the tasks both
+    share, from a finished run's best model; tasks the run lacks keep their fresh heads.
+    Returns the run's folder."""
+    try:
+        source = load_run(init_folder(init_from, seed))
+    except RunError as e:
+        raise RunError(f"model.init_from: {e}") from None
+    where = f"model.init_from = {str(source.folder.path)!r}"
+    if source.model.encoder.config.vocab_size != model.encoder.config.vocab_size:
+        raise RunError(f"{where}: its encoder has another vocabulary "
+                       f"({source.model.encoder.config.vocab_size} tokens, this run's "
+                       f"{model.encoder.config.vocab_size}); start from a run of the same "
+                       "model.checkpoint")
+    try:
+        model.encoder.load_state_dict(source.model.encoder.state_dict())
+    except RuntimeError as e:
+        raise RunError(f"{where}: its encoder does not fit this run's model.checkpoint "
+                       f"({first_line(e)})") from None
+    for name in set(model.heads.keys()) & set(source.model.heads.keys()):
+        try:
+            model.heads[name].load_state_dict(source.model.heads[name].state_dict())
+        except RuntimeError as e:
+            raise RunError(f"{where}: its {name} head has another shape (its pooling, "
+                           f"pool_layers or pair encoding differ: {first_line(e)})") from None
+    return source.folder.path
+

@@ -132,6 +132,23 @@ def train_specialists(config: RunConfig, seeds: list[int] | None = None,
     return results
 
 
+MULTITASK = "multitask"  # RUN/multitask/: the multi-task stage of `train --finetune`
+
+
+def finetune_configs(config: RunConfig, epochs: int) -> tuple[RunConfig, RunConfig]:
+    """MT-DNN's recipe (Liu et al. 2019) as two configs: the multi-task run, in
+    RUN_DIR/multitask, and the recipe whose specialists (RUN_DIR/specialist-TASK) each
+    start from it and fine-tune their task alone for `epochs` (per-task epochs budget the
+    multi-task stage only)."""
+    parent = Path(config.run_dir)
+    multi = replace(config, run_dir=str(parent / MULTITASK))
+    tasks = {name: {k: v for k, v in spec.items() if k != "epochs"}
+             for name, spec in config.tasks.items()}
+    tuned = replace(config, tasks=tasks, model=replace(config.model, init_from=multi.run_dir),
+                    train=replace(config.train, epochs=epochs))
+    return multi, tuned
+
+
 def specialists_seed_results(folder) -> dict[str, dict]:
     """Each seed's dev metrics of a specialists folder: every task from its specialist, the
     overall score computed over them (what the specialists give together)."""

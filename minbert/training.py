@@ -22,7 +22,7 @@ from minbert.config import RunConfig
 from minbert.data import EncodedTask
 from minbert.devices import machine_summary, measured_shape, resolve_precision
 from minbert.evaluation import evaluate, format_table, overall_score
-from minbert.loading import build_model
+from minbert.loading import build_model, start_from_run
 from minbert.multitask import MultiTaskModel
 from minbert.optim import adamw, linear_schedule, param_groups
 from minbert.progress import Progress
@@ -461,6 +461,8 @@ def train(plan: Plan | RunConfig, overwrite: bool = False, on_epoch=None,
         else contextlib.nullcontext()
     with owner:
         model, tokenizer = build_model(config, plan.tasks)
+        if config.model.init_from and not folder.checkpoint.exists():  # else: resumed
+            start_from_run(model, config.model.init_from, config.train.seed)
         train_sets, validation_sets, counts = encode_train(config, plan.tasks, tokenizer)
         dev_sets = encode_split(config, plan.tasks, tokenizer, "dev")
         try:

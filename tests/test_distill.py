@@ -1,5 +1,6 @@
 """Distillation from trained runs: the ensemble's target, the term's definition, the
 checks on teachers, and a student trained with it."""
+import json
 import math
 
 import pytest
@@ -189,3 +190,56 @@ def test_specialists_train_one_task_each_compare_with_a_multitask_run_and_teach_
     start = json.loads((tmp_path / "bam" / "config.json").read_text())
     assert start["regularizers"]["distill"]["teachers"]["sts"] == [
         str(tmp_path / "spec" / "specialist-sts")]  # the teachers named in the run's config
+
+
+@pytest.mark.slow
+def test_finetune_trains_the_multitask_model_then_each_task_from_it(teacher, tiny_checkpoint,
+                                                                    tmp_path, capsys):
+    """`train --finetune` (MT-DNN): RUN/multitask per seed, then RUN/specialist-TASK per
+    seed, each starting from that seed's multi-task weights; compare reads both."""
+    from minbert.tuning.study import to_toml
+    values = tiny_config_values(teacher / "data", tiny_checkpoint, tmp_path / "ft", epochs=1)
+    values["tasks"]["sst"]["epochs"] = 0.5  # budgets the multi-task stage only
+    config = tmp_path / "ft.toml"
+    config.write_text(to_toml(values), encoding="utf-8")
+    assert cli.main(["train", "--config", str(config), "--finetune", "--seeds", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert "each task fine-tuned from" in out
+    for seed in (0, 1):
+        saved = json.loads((tmp_path / "ft" / "specialist-sts" / f"seed-{seed}" /
+                            "config.json").read_text())
+        assert saved["model"]["init_from"] == str(tmp_path / "ft" / "multitask")
+        assert saved["data"]["tasks"] == ["sts"] and saved["train"]["seed"] == seed
+        assert "epochs" not in saved["tasks"]["sst"]
+    multi = json.loads((tmp_path / "ft" / "multitask" / "seed-0" / "config.json").read_text())
+    assert multi["tasks"]["sst"]["epochs"] == 0.5
+    assert cli.main(["compare", str(tmp_path / "ft"), str(tmp_path / "ft" / "multitask")]) == 0
+    assert "\noverall " in capsys.readouterr().out
+    assert cli.main(["train", "--config", str(config), "--finetune", "0"]) == 2
+    assert "--finetune 0: the fine-tuning's epochs, at least 1" in capsys.readouterr().err
+
+
+def test_init_from_starts_from_a_runs_encoder_and_shared_heads(teacher, tiny_checkpoint,
+                                                               tmp_path):
+    from minbert.loading import load_run, start_from_run
+    from minbert.runs import RunError
+    values = tiny_config_values(teacher / "data", tiny_checkpoint, tmp_path / "x")
+    values["data"]["tasks"] = ["sst"]
+    config = checked_config(values)
+    tasks = build_tasks(config)
+    model, _ = build_model(config, tasks)
+    assert start_from_run(model, teacher / "teacher", seed=0) == teacher / "teacher"
+    source = load_run(teacher / "teacher").model
+    for key, value in source.encoder.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[key], value)
+    torch.testing.assert_close(model.heads["sst"].out.weight, source.heads["sst"].out.weight)
+    with pytest.raises(RunError, match="model.init_from: .*no such run folder"):
+        start_from_run(model, tmp_path / "missing", seed=0)
+    (tmp_path / "seeds" / "seed-1").mkdir(parents=True)
+    with pytest.raises(RunError, match="a --seeds folder without a run for seed 0"):
+        start_from_run(model, tmp_path / "seeds", seed=0)
+    values["tasks"]["sst"]["pool_layers"] = 2  # another head shape
+    config = checked_config(values)
+    wide, _ = build_model(config, build_tasks(config))
+    with pytest.raises(RunError, match="its sst head has another shape"):
+        start_from_run(wide, teacher / "teacher", seed=0)
