@@ -1,5 +1,4 @@
-"""A run: what a config builds (tasks, model, tokenizer, encoded splits) and the folder
-that holds everything it produced.
+"""A run's folder: everything a training (or an evaluation) produced, and how to read it.
 
     RUN_DIR/config.json     the full config, written when the run starts
     RUN_DIR/log.jsonl       one JSON record a line: start, step windows, epochs, resumes
@@ -10,8 +9,8 @@ that holds everything it produced.
     RUN_DIR/predictions/    the best model's dev predictions in the leaderboard's format
     RUN_DIR/leaderboard/    `minbert predict RUN`'s dev and test files
     RUN_DIR/run.lock        held by the process that trains in the folder
-    RUN_DIR/seed-N/, seeds.json   with `--seeds`: one such run per seed, and their summary
-                            (minbert/seeds.py)
+    RUN_DIR/seed-N/, seeds.json   `--seeds`: one run per seed, their summary (seeds.py)
+    RUN_DIR/specialist-TASK/      `--specialists`, `--finetune`: a run (or seeds) per task
 
 `RunFolder` owns these formats: every other module asks it to append or read log
 records, write or read prediction files, or read what a finished run produced (its
@@ -32,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import pickle
 import shutil
@@ -416,7 +416,9 @@ def read_prediction_file(path: str | Path) -> dict[str, float]:
         try:
             out[parts[0]] = float(parts[1])
         except ValueError:
-            raise RunError(f"{path}, line {number}: {parts[1]!r} is not a number") from None
+            out[parts[0]] = math.nan
+        if not math.isfinite(out[parts[0]]):
+            raise RunError(f"{path}, line {number}: {parts[1]!r} is not a finite number")
     return out
 
 
@@ -473,6 +475,11 @@ def read_outputs(folder: str | Path) -> RunOutputs:
         outputs.ids[name] = [examples.ids[i] for i in keep]
         outputs.labels[name] = examples.labels[keep]
         outputs.predictions[name] = np.array([predicted[examples.ids[i]] for i in keep])
+        unknown = sorted(set(outputs.predictions[name]) - set(task.classes or ())) \
+            if task.classes is not None else []
+        if unknown:
+            raise RunError(f"{path}: predicts class {unknown[0]:g}, not one of {name}'s "
+                           f"classes {task.classes}")
     return outputs
 
 

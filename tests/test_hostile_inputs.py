@@ -149,6 +149,23 @@ def test_a_prediction_file_cut_short_is_refused_by_report_and_compare(run, tmp_p
     assert "sst-dev-output.csv: holds" in err
 
 
+@pytest.mark.parametrize("file, value, message", [
+    ("sst-dev-output.csv", "7", "predicts class 7, not one of sst's classes [0, 1, 2, 3, 4]"),
+    ("sst-dev-output.csv", "2.5", "predicts class 2.5, not one of sst's classes"),
+    ("sts-dev-output.csv", "nan", "line 2: 'nan' is not a finite number"),
+    ("sts-dev-output.csv", "-inf", "line 2: '-inf' is not a finite number"),
+])
+def test_a_prediction_out_of_its_tasks_range_is_named_by_report_and_compare(
+        run, tmp_path, capsys, file, value, message):
+    path = run / "predictions" / file
+    header, first, *rest = path.read_text().splitlines(keepends=True)
+    path.write_text(header + first.split(",")[0] + f" , {value}\n" + "".join(rest))
+    for args in (["report", str(run), "--out", str(tmp_path / "r")],
+                 ["compare", str(run), str(run)]):
+        err = one_line_error(args, capsys)
+        assert f"{file}" in err and message in err, err
+
+
 def test_predict_writes_its_own_folder_and_keeps_what_training_scored(run):
     scored = (run / "predictions" / "sst-dev-output.csv").read_text()
     assert cli.main(["predict", str(run), "--splits", "dev"]) == 0
