@@ -259,6 +259,7 @@ def test_a_log_cut_mid_line_is_read_to_its_last_record_and_a_bad_line_is_named(t
     ("postgresql://u:pw@db:5432/s", "postgresql://u:***@db:5432/s"),
     ("postgresql://db/s?user=u&password=pw", "postgresql://db/s?user=u&password=***"),
     ("mysql://u:p%40ss@db/s?passwd=x&ssl=1", "mysql://u:***@db/s?passwd=***&ssl=1"),
+    ("postgresql://u@db:5432/s", "postgresql://u@db:5432/s"),  # no password, nothing hidden
 ])
 def test_storage_passwords_are_never_shown(url, shown):
     from minbert.tuning.study import _shown

@@ -73,7 +73,8 @@ def _shown(url: str) -> str:
     rest, _, query = rest.partition("?")
     if "@" in rest:
         credentials, host = rest.rsplit("@", 1)
-        rest = f"{credentials.split(':', 1)[0]}:***@{host}"
+        if ":" in credentials:  # a user alone is no secret
+            rest = f"{credentials.split(':', 1)[0]}:***@{host}"
     if query:
         pairs = [(k, "***" if k.lower() in SECRET_PARAMETERS else v)
                  for k, v in parse_qsl(query, keep_blank_values=True)]
