@@ -11,7 +11,6 @@ import warnings
 from pathlib import Path
 
 from minbert.config import PRECISIONS, ConfigKeyError, load_config
-from minbert.distributed import launched_as_main
 
 
 def _config(args, run_dir_key: str = "run_dir"):
@@ -29,38 +28,22 @@ def _config(args, run_dir_key: str = "run_dir"):
 
 
 def cmd_train(args):
+    from minbert import recipes
     from minbert.build import build_plan
     if args.finetune is not None and args.finetune < 1:
         raise ValueError(f"--finetune {args.finetune}: the fine-tuning's epochs, at least 1")
     if args.specialists and args.finetune:
         raise ValueError("--specialists and --finetune: choose one (--finetune trains "
                          "specialists too, each starting from the multi-task model)")
-    config = _config(args)
-    plan = build_plan(config, args.config or "flags")  # every method checked, once
+    seeds = _seeds(args) if args.seeds is not None else None
+    plan = build_plan(_config(args), args.config or "flags")  # every method checked, once
     if args.finetune:
-        return _train_finetuned(plan, args)
+        return recipes.finetuned(plan, args.finetune, seeds, args.overwrite)
     if args.specialists:
-        return _train_specialists(plan, args)
-    if args.seeds is not None:
-        return _train_seeds(plan, args)
-    return _train_one(plan, args)
-
-
-def _train_one(plan, args):
-    """One run of a built plan, its dev metrics printed."""
-    from minbert.evaluation import format_table
-    from minbert.pretrained import caveats
-    from minbert.training import train
-    config = plan.config
-    result = train(plan, overwrite=args.overwrite)
-    if "overall" in result and launched_as_main():  # under torchrun rank 0 says it
-        chosen = ("dev metrics of the epoch chosen on the held-out validation split"
-                  if config.data.validation else "best dev metrics")
-        print(f"\n{chosen} ({config.run_dir}/best.pt):")
-        print(format_table(result, plan.tasks))
-        for note in caveats(config.model.checkpoint, plan.tasks):
-            print(f"note: {note}")
-    return 0
+        return recipes.specialists(plan, seeds, args.overwrite)
+    if seeds is not None:
+        return recipes.seeds(plan, seeds, args.overwrite)
+    return recipes.one(plan, args.overwrite)
 
 
 def _seeds(args) -> list[int]:
@@ -69,53 +52,6 @@ def _seeds(args) -> list[int]:
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: give integers separated by commas, "
                          "e.g. 0,1,2") from None
-
-
-def _train_specialists(plan, args, what="the specialists together"):
-    from minbert.build import build_plan
-    from minbert.evaluation import format_table, overall_score
-    from minbert.seeds import specialist_config, train_specialists
-    for task in plan.tasks:  # each specialist's recipe checked before any training
-        build_plan(specialist_config(plan.config, task), f"--specialists ({task})")
-    seeds = _seeds(args) if args.seeds is not None else None
-    results = train_specialists(plan.config, seeds, overwrite=args.overwrite)
-    if launched_as_main():
-        metrics = {task: result[task] for task, result in results.items() if task in result}
-        metrics["overall"] = overall_score(metrics, plan.tasks)
-        print(f"\n{what} ({plan.config.run_dir}/specialist-*"
-              f"{', mean over seeds' if seeds else ''}):")
-        print(format_table(metrics, plan.tasks))
-    return 0
-
-
-def _train_finetuned(plan, args):
-    """MT-DNN: the multi-task model in RUN/multitask, then each task fine-tuned alone from
-    it in RUN/specialist-TASK (three models: compare RUN with RUN/multitask)."""
-    from minbert.build import build_plan
-    from minbert.seeds import finetune_configs
-    multi, tuned = finetune_configs(plan.config, args.finetune)
-    tuned_plan = build_plan(tuned, f"--finetune {args.finetune}")
-    if launched_as_main():
-        print(f"the multi-task stage: {multi.run_dir}")
-    if args.seeds is not None:
-        _train_seeds(build_plan(multi), args)
-    else:
-        _train_one(build_plan(multi), args)
-    return _train_specialists(tuned_plan, args, f"each task fine-tuned from {multi.run_dir}")
-
-
-def _train_seeds(plan, args):
-    from minbert.seeds import train_seeds
-    seeds = _seeds(args)
-    result = train_seeds(plan.config, seeds, overwrite=args.overwrite)
-    if launched_as_main():
-        print(f"\n{len(seeds)} seeds ({plan.config.run_dir}/seeds.json): mean, standard "
-              "deviation and 95% interval of the mean")
-        for key, s in result["summary"].items():
-            metric = plan.tasks[key].metric_name if key in plan.tasks else ""
-            print(f"{key:<10}{metric:<10}{s['mean']:>8.4f} ± {s['std']:.4f}   "
-                  f"[{s['low']:.4f}, {s['high']:.4f}]")
-    return 0
 
 
 def cmd_pretrain(args):
@@ -176,7 +112,8 @@ def _inputs(examples):
 def cmd_evaluate(args):
     from minbert.evaluation import format_table, overall_score
     from minbert.loading import check_run_folder
-    from minbert.runs import expand_seeds, write_evaluation, write_text_atomic, writable_folder
+    from minbert.outputs import write_evaluation
+    from minbert.runs import expand_seeds, write_text_atomic, writable_folder
     from minbert.tasks import read_split
     members = expand_seeds(args.run_dirs)
     single = len(members) == 1
@@ -223,7 +160,8 @@ def _evaluation_folder(args) -> Path:
 
 def cmd_predict(args):
     from minbert.loading import check_run_folder
-    from minbert.runs import expand_seeds, prediction_file, write_prediction_file, writable_folder
+    from minbert.outputs import prediction_file, write_prediction_file
+    from minbert.runs import expand_seeds, writable_folder
     if args.task or args.input:
         return _predict_new_text(args)
     members = expand_seeds(args.run_dirs)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from minbert.evaluation import overall_score
-from minbert.runs import read_outputs
+from minbert.outputs import read_outputs
 from minbert.seeds import seed_results
 from minbert.stats import mean_interval, resampled_metric
 from minbert.tasks import Task

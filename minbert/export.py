@@ -118,7 +118,10 @@ def _write_hf_folder(out: Path, config, encoder, settings: dict, weights: dict) 
     source = resolve_checkpoint(config.model.checkpoint)
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
-            shutil.copy(source / name, out / name)
+            try:
+                shutil.copy(source / name, out / name)
+            except OSError as e:  # named by what could not be written, not its source
+                raise OSError(e.errno, e.strerror, str(out / name)) from None
     max_length = min(config.model.max_length, encoder.config.max_position_embeddings)
     _set_max_length(out / "tokenizer_config.json", max_length)
     return max_length

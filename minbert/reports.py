@@ -19,7 +19,7 @@ import numpy as np
 from minbert.analyses import ANALYSES, file_stem
 from minbert.compare import compare_predictions
 from minbert.evaluation import overall_score
-from minbert.runs import RunOutputs, read_outputs
+from minbert.outputs import RunOutputs, read_outputs
 
 # "A SMARTer minBERT", Table 1 (dev; bert-base, T4 GPU): for reference only.
 REPORT_TABLE_1 = [

@@ -13,11 +13,12 @@
     RUN_DIR/specialist-TASK/      `--specialists`, `--finetune`: a run (or seeds) per task
 
 `RunFolder` owns these formats: every other module asks it to append or read log
-records, write or read prediction files, or read what a finished run produced (its
-outputs, for reports and comparisons). Reading a finished run needs only its files: its
-config is read as data, never rebuilt into methods, so a run stays readable when a
-teacher folder moves or the tuner's rules change. An evaluation folder (`minbert
-evaluate RUNS --out DIR`) has the same files, with an "evaluation" record as its log.
+records, or to lock, claim or clear the folder; minbert/outputs.py reads what a finished
+run produced (its prediction files, for reports and comparisons). Reading a finished run
+needs only its files: its config is read as data, never rebuilt into methods, so a run
+stays readable when a teacher folder moves or the tuner's rules change. An evaluation
+folder (`minbert evaluate RUNS --out DIR`) has the same files, with an "evaluation"
+record as its log.
 
 Run files are written atomically (a temporary file of this process, then a rename) and
 read with `torch.load(weights_only=True)`: tensors and plain containers only, so a
@@ -29,9 +30,9 @@ which kept nothing, simply starts again).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
-import math
 import os
 import pickle
 import shutil
@@ -39,14 +40,12 @@ import socket
 import sys
 import time
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from minbert.config import RunConfig, build_config, flatten
-from minbert.tasks import Task, build_tasks, read_split
 
 # config keys that may change between a run and its resumption
 RESUMABLE_CHANGES = {"run_dir", "data.dir", "data.eval_batch_size", "train.device",
@@ -72,6 +71,9 @@ def save_state(state: dict, path: Path) -> None:
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
+    except RuntimeError as e:  # torch's writer: "unexpected pos ..." on a full disk
+        raise OSError(errno.EIO, f"could not be written ({first_line(e)}); is the disk "
+                      "full?", str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -285,11 +287,11 @@ class RunFolder:
     @contextlib.contextmanager
     def claim(self, config: RunConfig, overwrite: bool = False):
         """Locks the folder and checks it before any work. A new run starts; the same run
-        resumes from its checkpoint (the config may change only in RESUMABLE_CHANGES); a
-        run killed before its first checkpoint, with nothing else kept, starts again. A
-        different config, or a run with results but no checkpoint (say, a finished run
-        whose checkpoint.pt was deleted: its predictions or its log's final record count as
-        results), is refused unless `overwrite`."""
+        resumes from its checkpoint (the config may change only in RESUMABLE_CHANGES); the
+        same run stopped before its first checkpoint was written (killed, or a full disk,
+        even after its first best.pt) starts again. A different config, or a finished run
+        without its checkpoint (its log's final record: say, checkpoint.pt deleted to save
+        space), or results without a config, is refused unless `overwrite`."""
         self.lock()
         try:
             foreign = self.foreign_files()
@@ -307,7 +309,13 @@ class RunFolder:
                     if (self.path / n).exists()]
             if self.final_record() is not None:
                 kept.append("a final record in log.jsonl")
-            if overwrite or not self.checkpoint.exists() and not kept:
+            unfinished = kept and "a final record in log.jsonl" not in kept \
+                and self.config_file.is_file()  # the same run, stopped before its checkpoint
+            if overwrite or not self.checkpoint.exists() and (not kept or unfinished):
+                if unfinished and not overwrite:
+                    print(f"{self.path}: an unfinished run without checkpoint.pt (stopped "
+                          "before its first one was written); starting it again",
+                          file=sys.stderr)
                 self.clear()  # nothing here that the run would not compute again
             elif not self.checkpoint.exists():
                 raise RunError(f"{self.path} already holds a run ({', '.join(kept)}) with no "
@@ -384,117 +392,3 @@ def expand_seeds(folders: list[str | Path]) -> list[str]:
         runs = [] if (Path(folder) / "config.json").is_file() else seed_runs(folder)
         out.extend(map(str, runs) if runs else [str(folder)])
     return out
-
-
-# ---------------------------------------------------------------------- prediction files
-def prediction_file(folder: str | Path, task: Task, split: str) -> Path:
-    """Where a task's leaderboard file for `split` lives in `folder`."""
-    return Path(folder) / f"{task.output_prefix}-{split}-output.csv"
-
-
-def write_prediction_file(path: str | Path, task: Task, ids: list[str], predictions) -> None:
-    """The skeleton's format: a header `id \\t Predicted_...`, then `id , prediction` rows;
-    written atomically (a kill or a full disk leaves the previous file whole)."""
-    lines = [f"id \t {task.prediction_header} \n"]
-    lines += [f"{example_id} , {task.format_prediction(value)} \n"
-              for example_id, value in zip(ids, predictions)]
-    write_text_atomic(Path(path), "".join(lines))
-
-
-def read_prediction_file(path: str | Path) -> dict[str, float]:
-    """id -> prediction of a leaderboard file; errors name the file and line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()[1:]
-    except UnicodeDecodeError as e:
-        raise RunError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    out = {}
-    for number, line in enumerate(lines, start=2):
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 2:
-            raise RunError(f"{path}, line {number}: expected 'id , prediction'")
-        try:
-            out[parts[0]] = float(parts[1])
-        except ValueError:
-            out[parts[0]] = math.nan
-        if not math.isfinite(out[parts[0]]):
-            raise RunError(f"{path}, line {number}: {parts[1]!r} is not a finite number")
-    return out
-
-
-# ---------------------------------------------------------------------- what a run produced
-@dataclass
-class RunOutputs:
-    """A finished run's tasks, log and best model's dev predictions beside the gold labels,
-    for reports and comparisons (`minbert.loading.load_run` loads its model instead)."""
-    name: str
-    folder: Path
-    tasks: dict[str, Task]
-    epochs: list[dict]
-    steps: list[dict]
-    labels: dict[str, np.ndarray] = field(default_factory=dict)
-    predictions: dict[str, np.ndarray] = field(default_factory=dict)
-    ids: dict[str, list[str]] = field(default_factory=dict)  # the dev examples scored
-
-
-def read_outputs(folder: str | Path) -> RunOutputs:
-    """What the run (or evaluation) in `folder` produced, read from its files alone; for a
-    folder of specialists, their outputs together (one task from each)."""
-    specialists = specialist_runs(folder)
-    if specialists:
-        parts = [read_outputs(path) for path in specialists.values()]
-        merged = RunOutputs(Path(folder).name, Path(folder), {}, [], [])
-        for name, part in zip(specialists, parts):
-            if list(part.tasks) != [name]:
-                raise RunError(f"{part.folder}: a specialist of {name} holds tasks "
-                               f"{list(part.tasks)}")
-            for field_name in ("tasks", "labels", "predictions", "ids"):
-                getattr(merged, field_name).update(getattr(part, field_name))
-        return merged
-    run = RunFolder(folder)
-    for needed in (run.config_file, run.log_file):
-        if not needed.is_file():
-            raise RunError(f"{run.path}: missing {needed.name}; is this a run folder written "
-                           "by `minbert train` or `minbert evaluate --out`?")
-    config = run.read_config()
-    tasks = build_tasks(config)
-    outputs = RunOutputs(run.path.name, run.path, tasks, run.records("epoch"),
-                         run.records("step"))
-    for name, task in tasks.items():
-        path = prediction_file(run.predictions, task, "dev")
-        if not path.is_file():
-            raise RunError(f"{run.path}: missing predictions/{path.name}; score the run "
-                           f"with `minbert evaluate {run.path} --out DIR` and use DIR")
-        predicted = read_prediction_file(path)
-        examples = read_split(config, task, "dev")  # what the run scored (dev_limit)
-        if len(predicted) < len(examples):
-            raise RunError(f"{path}: holds {len(predicted)} of the {len(examples)} dev "
-                           "predictions the run made (a write cut short?); score the run "
-                           f"again with `minbert evaluate {run.path} --out DIR`")
-        keep = [i for i, example_id in enumerate(examples.ids) if example_id in predicted]
-        outputs.ids[name] = [examples.ids[i] for i in keep]
-        outputs.labels[name] = examples.labels[keep]
-        outputs.predictions[name] = np.array([predicted[examples.ids[i]] for i in keep])
-        unknown = sorted(set(outputs.predictions[name]) - set(task.classes or ())) \
-            if task.classes is not None else []
-        if unknown:
-            raise RunError(f"{path}: predicts class {unknown[0]:g}, not one of {name}'s "
-                           f"classes {task.classes}")
-    return outputs
-
-
-def write_evaluation(out: str | Path, config: dict, record: dict, tasks: dict[str, Task],
-                     predictions: dict[str, tuple[list[str], np.ndarray]]) -> RunFolder:
-    """An evaluation folder that `compare` and `report` read like a run's: the config, one
-    "evaluation" `record` as its log, dev-metrics.json and the dev prediction files."""
-    folder = RunFolder(out)
-    folder.write_config(config)
-    write_text_atomic(folder.log_file, json.dumps({"type": "evaluation", **record}) + "\n")
-    write_text_atomic(folder.path / "dev-metrics.json",
-                      json.dumps(record["dev"], indent=2) + "\n")
-    folder.predictions.mkdir(exist_ok=True)
-    for name, (ids, values) in predictions.items():
-        write_prediction_file(prediction_file(folder.predictions, tasks[name], "dev"),
-                              tasks[name], ids, values)
-    return folder
-

@@ -26,8 +26,8 @@ from minbert.loading import build_model, start_from_run
 from minbert.multitask import MultiTaskModel
 from minbert.optim import adamw, linear_schedule, param_groups
 from minbert.progress import Progress
-from minbert.runs import (RunError, RunFolder, config_changes, load_state, prediction_file,
-                          save_state, write_prediction_file)
+from minbert.outputs import prediction_file, write_prediction_file
+from minbert.runs import RunError, RunFolder, config_changes, load_state, save_state
 from minbert.samplers import plan_epoch
 from minbert.tensorboard import TensorBoard
 

@@ -79,7 +79,7 @@ def test_the_overall_interval_combines_the_tasks_like_the_leaderboard():
 
 def test_runs_scored_on_different_examples_are_refused(tmp_path, capsys):
     import minbert.compare as compare
-    from minbert.runs import RunOutputs
+    from minbert.outputs import RunOutputs
     tasks = {"sst": SST}
 
     def fake(ids):

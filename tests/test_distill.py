@@ -166,7 +166,7 @@ def test_specialists_train_one_task_each_compare_with_a_multitask_run_and_teach_
     teacher annealing, each task from its own specialist."""
     import json
 
-    from minbert.runs import read_outputs
+    from minbert.outputs import read_outputs
     from minbert.seeds import specialist_config, train_specialists
     values = tiny_config_values(teacher / "data", tiny_checkpoint, tmp_path / "spec", epochs=1)
     config = checked_config(values)

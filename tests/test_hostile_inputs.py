@@ -357,3 +357,57 @@ def test_a_subsample_that_keeps_nothing_names_its_key(finished, tmp_path):
     with pytest.raises(ValueError, match=r"tasks.sst.subsample: subsample 0.001 keeps no "
                                          r"example of 8; keep a larger share"):
         train(checked_config(values))
+
+
+# ---------------------------------------------------------------------- a full disk
+def test_a_checkpoint_the_disk_cannot_hold_is_a_one_line_error_naming_it(tmp_path,
+                                                                        monkeypatch):
+    """torch's writer reports a full disk as RuntimeError("... unexpected pos ..."): the
+    file is named, the error is an OSError (the CLI's one line), the old file stays."""
+    import torch
+
+    from minbert.runs import save_state
+    path = tmp_path / "checkpoint.pt"
+    save_state({"model": {"w": torch.ones(2)}}, path)
+
+    def full(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 44096 "
+                           "vs 43984")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="is the disk full") as e:
+        save_state({"model": {"w": torch.zeros(2)}}, path)
+    assert e.value.filename == str(path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["model"]["w"].tolist() == [1.0, 1.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(finished, tmp_path, capsys,
+                                                                monkeypatch):
+    """The disk fills (or a kill lands) after epoch 1's best.pt and before its checkpoint:
+    one line, and the same command then trains the run from the start."""
+    import errno
+
+    from minbert.training import Trainer
+    from minbert.tuning.study import to_toml
+    values = dict(finished[1], run_dir=str(tmp_path / "run"))
+    config = tmp_path / "c.toml"
+    config.write_text(to_toml(values), encoding="utf-8")
+
+    def no_space(self):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.folder.checkpoint))
+    monkeypatch.setattr(Trainer, "save_checkpoint", no_space)
+    err = one_line_error(["train", "--config", str(config)], capsys)
+    assert "checkpoint.pt: No space left on device" in err
+    assert (tmp_path / "run" / "best.pt").is_file()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    monkeypatch.undo()
+    assert cli.main(["train", "--config", str(config)]) == 0
+    assert "an unfinished run without checkpoint.pt" in capsys.readouterr().err
+    records = RunFolder(tmp_path / "run").records()
+    assert [r["type"] for r in records].count("start") == 1
+    assert records[-1]["type"] == "final"
+    # a finished run whose checkpoint is gone is still refused (it has a final record)
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    err = one_line_error(["train", "--config", str(config)], capsys)
+    assert "a final record in log.jsonl) with no checkpoint.pt to resume from" in err

@@ -11,7 +11,7 @@ from minbert.build import checked_config
 from minbert.analyses import error_bands, near_misses, per_class
 from minbert.reports import write_report
 from minbert.runs import RunError
-from minbert.runs import read_outputs as load_run_outputs
+from minbert.outputs import read_outputs as load_run_outputs
 from minbert.training import train
 
 from helpers import tiny_config_values, write_task_files

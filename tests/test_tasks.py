@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minbert.evaluation import overall_score
-from minbert.runs import write_prediction_file as write_predictions
+from minbert.outputs import write_prediction_file as write_predictions
 from minbert.tasks import build_task
 
 

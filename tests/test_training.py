@@ -337,7 +337,7 @@ def test_a_tasks_epochs_end_its_training_early_and_the_schedule_counts_it(task_d
     records = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     trained = [set(r["train"]) - {"overall"} for r in records if r["type"] == "epoch"]
     assert trained == [{"sst", "quora", "sts"}, {"quora", "sts"}, {"quora", "sts"}]
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["updates"] == 6
 
 

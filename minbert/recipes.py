@@ -1,0 +1,73 @@
+"""What `minbert train` runs: one run, one run per seed, one specialist per task, or
+MT-DNN's multi-task model then each task fine-tuned from it. Each checks every plan it
+will need before any training, trains, and prints what the user reads at the end (on the
+main process only, under torchrun)."""
+from __future__ import annotations
+
+from minbert.build import Plan, build_plan
+from minbert.distributed import launched_as_main
+from minbert.evaluation import format_table, overall_score
+from minbert.pretrained import caveats
+from minbert.seeds import finetune_configs, specialist_config, train_seeds, train_specialists
+from minbert.training import train
+
+
+def one(plan: Plan, overwrite: bool = False) -> int:
+    """One run of a built plan, its dev metrics printed."""
+    config = plan.config
+    result = train(plan, overwrite=overwrite)
+    if "overall" in result and launched_as_main():
+        chosen = ("dev metrics of the epoch chosen on the held-out validation split"
+                  if config.data.validation else "best dev metrics")
+        print(f"\n{chosen} ({config.run_dir}/best.pt):")
+        print(format_table(result, plan.tasks))
+        for note in caveats(config.model.checkpoint, plan.tasks):
+            print(f"note: {note}")
+    return 0
+
+
+def seeds(plan: Plan, seed_list: list[int], overwrite: bool = False) -> int:
+    """A run per seed (RUN/seed-N), then their mean, spread and interval."""
+    result = train_seeds(plan.config, seed_list, overwrite=overwrite)
+    if launched_as_main():
+        print(f"\n{len(seed_list)} seeds ({plan.config.run_dir}/seeds.json): mean, standard "
+              "deviation and 95% interval of the mean")
+        for key, s in result["summary"].items():
+            metric = plan.tasks[key].metric_name if key in plan.tasks else ""
+            print(f"{key:<10}{metric:<10}{s['mean']:>8.4f} ± {s['std']:.4f}   "
+                  f"[{s['low']:.4f}, {s['high']:.4f}]")
+    return 0
+
+
+def specialists(plan: Plan, seed_list: list[int] | None, overwrite: bool = False,
+                what: str = "the specialists together") -> int:
+    """A run (or seeds) per task, that task alone (RUN/specialist-TASK)."""
+    for task in plan.tasks:  # each specialist's recipe checked before any training
+        build_plan(specialist_config(plan.config, task), f"--specialists ({task})")
+    results = train_specialists(plan.config, seed_list, overwrite=overwrite)
+    if launched_as_main():
+        metrics = {task: result[task] for task, result in results.items() if task in result}
+        metrics["overall"] = overall_score(metrics, plan.tasks)
+        print(f"\n{what} ({plan.config.run_dir}/specialist-*"
+              f"{', mean over seeds' if seed_list else ''}):")
+        print(format_table(metrics, plan.tasks))
+    return 0
+
+
+def finetuned(plan: Plan, epochs: int, seed_list: list[int] | None,
+              overwrite: bool = False) -> int:
+    """MT-DNN: the multi-task model in RUN/multitask, then each task fine-tuned alone from
+    it for `epochs` in RUN/specialist-TASK (one model per task: compare RUN with
+    RUN/multitask)."""
+    multi, tuned = finetune_configs(plan.config, epochs)
+    tuned_plan = build_plan(tuned, f"--finetune {epochs}")
+    for task in tuned_plan.tasks:
+        build_plan(specialist_config(tuned, task), f"--finetune ({task})")
+    if launched_as_main():
+        print(f"the multi-task stage: {multi.run_dir}")
+    if seed_list is not None:
+        seeds(build_plan(multi), seed_list, overwrite)
+    else:
+        one(build_plan(multi), overwrite)
+    return specialists(tuned_plan, seed_list, overwrite,
+                       f"each task fine-tuned from {multi.run_dir}")
