@@ -12,7 +12,7 @@ from torch import nn
 
 from minbert.config import PAIR_ENCODINGS, POOLINGS, SIMILARITY_HEADS
 from minbert.data import Batch
-from minbert.model import BertModel
+from minbert.model import BertModel, Dropout
 from minbert.tasks import Task
 
 
@@ -21,7 +21,7 @@ class LinearHead(nn.Module):
 
     def __init__(self, hidden: int, outputs: int, dropout: float):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.out = nn.Linear(hidden, outputs)
 
     def forward(self, rep):
@@ -33,7 +33,7 @@ class ConcatPairHead(nn.Module):
 
     def __init__(self, hidden: int, outputs: int, dropout: float):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.out = nn.Linear(4 * hidden, outputs)
 
     def forward(self, u, v):
