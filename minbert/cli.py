@@ -383,9 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "export", "the fine-tuned encoder as an HF-format folder + heads")
     p.add_argument("run_dir")
     p.add_argument("out")
-    p.add_argument("--task", help="write this task alone as a transformers "
-                                  "BertForSequenceClassification folder (its head must read the "
-                                  "pooler: tasks.TASK.pooling = \"pooler\")")
+    p.add_argument("--task", help="write this task alone in its tools' format: a transformers "
+                                  "BertForSequenceClassification folder (a head on the pooler: "
+                                  "tasks.TASK.pooling = \"pooler\"; CrossEncoder loads it too), "
+                                  "or, bi-encoded by cosine, a SentenceTransformer folder")
     p.add_argument("--onnx", action="store_true",
                    help="also one ONNX graph per task (OUT/onnx/TASK.onnx) for onnxruntime")
     p.set_defaults(func=cmd_export)

@@ -67,9 +67,8 @@ def export(run_dir: str | Path, out: str | Path, task: str | None = None,
         if task not in run.tasks:
             raise ValueError(f"--task {task}: the run has {', '.join(run.tasks)}")
         with replacing(out) as tmp:
-            export_task(run.model, run.config, run.tasks[task], tmp, run.metrics)
-        return [f"wrote {out}: {task} as a transformers BertForSequenceClassification folder "
-                "(pipeline(\"text-classification\", model=...))"]
+            what = export_task(run.model, run.config, run.tasks[task], tmp, run.metrics)
+        return [f"wrote {out}: {task} as {what}"]
     graphs = []
     with replacing(out) as tmp:
         export_run(run.model, run.config, tmp, run.tasks, run.metrics)
@@ -182,14 +181,81 @@ def load_heads(folder: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(folder) / "heads.safetensors"))
 
 
-def export_task(model, config, task, out: str | Path, metrics: dict | None = None) -> Path:
+def export_task(model, config, task, out: str | Path, metrics: dict | None = None) -> str:
+    """One task in the format its tools load, saying which: a bi-encoded pair scored by
+    cosine as a sentence-transformers `SentenceTransformer` folder (`export_bi_encoder`),
+    anything else as a `BertForSequenceClassification` folder (`export_classifier`)."""
+    from minbert.multitask import CosinePairHead
+    if model.encodings[task.name] == "bi" and isinstance(model.heads[task.name],
+                                                         CosinePairHead):
+        export_bi_encoder(model, config, task, out, metrics)
+        return ("a sentence-transformers SentenceTransformer folder (its cosine "
+                "similarity is the task's score before the head's scale)")
+    export_classifier(model, config, task, out, metrics)
+    return ("a transformers BertForSequenceClassification folder (pipeline(\"text-"
+            "classification\", model=...); a pair task also loads as a sentence-"
+            "transformers CrossEncoder)")
+
+
+def export_bi_encoder(model, config, task, out: str | Path, metrics: dict | None = None
+                      ) -> Path:
+    """A bi-encoded pair task scored by cosine as a `SentenceTransformer` folder: the
+    encoder (an HF BertModel at the top) and its pooling (1_Pooling, modules.json), so
+    `SentenceTransformer(OUT).similarity(...)` gives the cosine c of the run's sentence
+    vectors; the run's score is low + (high − low) · sigmoid(scale · c + shift), with the
+    head's learned scale and shift written in the model card."""
+    name = task.name
+    pooling, layers = model.poolings[name]
+    if pooling not in ("mean", "cls") or layers != 1:
+        raise ValueError(
+            f"export --task {name}: sentence-transformers pools the last layer by its mean "
+            f"or [CLS]; this run's {name} head reads {pooling} pooling of the top {layers} "
+            "layer(s); use the full export with minbert.load")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = model.encoder
+    max_length = _write_hf_folder(out, config, encoder, {"architectures": ["BertModel"]},
+                                  encoder.state_dict())
+    files = {
+        "modules.json": [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling",
+             "type": "sentence_transformers.models.Pooling"}],
+        "sentence_bert_config.json": {"max_seq_length": max_length, "do_lower_case": False},
+        "config_sentence_transformers.json": {"similarity_fn_name": "cosine",
+                                              "model_type": "SentenceTransformer"},
+        "1_Pooling/config.json": {
+            "word_embedding_dimension": encoder.config.hidden_size,
+            "pooling_mode_cls_token": pooling == "cls",
+            "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False, "include_prompt": True}}
+    (out / "1_Pooling").mkdir()
+    for path, value in files.items():
+        (out / path).write_text(json.dumps(value, indent=2), encoding="utf-8")
+    head = model.heads[name]
+    scale, shift = float(head.scale.detach()), float(head.shift.detach())
+    low, high = task.value_range
+    how = ("With sentence-transformers: `SentenceTransformer(\"PATH\")`; "
+           "`model.similarity(model.encode(a), model.encode(b))` is the cosine c, and this "
+           f"run's {name} score is {low:g} + {high - low:g} · sigmoid({scale:.6g} · c + "
+           f"{shift:.6g}).")
+    card = model_card(config, {name: _describe(name, task, model)}, metrics or {},
+                      max_length).replace("## Load it", f"## Load it\n\n{how}\n", 1)
+    (out / "README.md").write_text(card, encoding="utf-8")
+    _readable(out)
+    return out
+
+
+def export_classifier(model, config, task, out: str | Path, metrics: dict | None = None
+                      ) -> Path:
     """One task as a standard `BertForSequenceClassification` folder, which transformers'
-    `pipeline("text-classification", model=OUT)` (with `text_pair` for a pair) loads with the
-    run's weights, head included: classes with their names (`id2label`); a binary task as two
-    logits [0, z], so softmax gives sigmoid(z); a score task as one logit, whose sigmoid the
-    pipeline returns (the score is low + (high − low) · that). Only a head that BERT's own
-    classifier is can be written so: the pooler's output (`pooling = "pooler"`), one linear
-    layer, a single sentence or a cross-encoded pair."""
+    `pipeline("text-classification", model=OUT)` (with `text_pair` for a pair) and
+    sentence-transformers' `CrossEncoder(OUT)` load with the run's weights, head included:
+    classes with their names (`id2label`); a binary task as two logits [0, z], so softmax
+    gives sigmoid(z); a score task as one logit, whose sigmoid the pipeline (and the
+    CrossEncoder) returns (the score is low + (high − low) · that). Only a head that BERT's
+    own classifier is can be written so: the pooler's output (`pooling = "pooler"`), one
+    linear layer, a single sentence or a cross-encoded pair."""
     name = task.name
     pooling, layers = model.poolings[name]
     head = model.heads[name]

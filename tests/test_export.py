@@ -2,6 +2,7 @@
 the same outputs) with the heads beside it; never written into the run it comes from."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,3 +150,56 @@ def test_a_task_exported_alone_is_what_transformers_pipeline_predicts(
     err = capsys.readouterr().err
     assert "cannot express" in err and 'tasks.sst.pooling = "pooler"' in err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_bi_encoded_task_exports_as_a_sentence_transformer(run, tmp_path, capsys):
+    """`export --task sts` of a bi-encoded cosine head: a SentenceTransformer folder whose
+    cosine, through the head's scale and shift (named in the model card), is the run's
+    score."""
+    st = pytest.importorskip("sentence_transformers")
+    out = tmp_path / "st"
+    assert cli.main(["export", str(run), str(out), "--task", "sts"]) == 0
+    assert "SentenceTransformer folder" in capsys.readouterr().out
+    pairs = [("a dog runs .", "a cat runs ."), ("a man plays guitar .", "the cat sits .")]
+    ours = minbert.load(run, precision="fp32").predict("sts", pairs).scores
+    model = st.SentenceTransformer(str(out), device="cpu")
+    assert model.max_seq_length == 32
+    a = model.encode([p[0] for p in pairs], convert_to_tensor=True)
+    b = model.encode([p[1] for p in pairs], convert_to_tensor=True)
+    cosine = model.similarity_pairwise(a, b)
+    head = load_run(run).model.heads["sts"]
+    scale, shift = float(head.scale.detach()), float(head.shift.detach())
+    theirs = 5 * torch.sigmoid(scale * cosine + shift)
+    assert theirs.tolist() == pytest.approx(list(ours), abs=1e-4)
+    card = (out / "README.md").read_text()
+    assert "SentenceTransformer(" in card and f"{scale:.6g}" in card
+    # a head that pools more than the last layer cannot be said in its format
+    saved = json.loads((run / "config.json").read_text())
+    saved.update(run_dir=str(tmp_path / "wide"), train={**saved["train"], "epochs": 1})
+    saved["tasks"]["sts"]["pool_layers"] = 2
+    train(checked_config(saved))
+    assert cli.main(["export", str(tmp_path / "wide"), str(tmp_path / "x"), "--task",
+                     "sts"]) == 2
+    assert "pools the last layer by its mean or [CLS]" in capsys.readouterr().err
+
+
+def test_a_cross_encoded_pair_task_loads_as_a_cross_encoder(tmp_path, tiny_checkpoint):
+    st = pytest.importorskip("sentence_transformers")
+    data = write_task_files((tmp_path / "data").mkdir() or tmp_path / "data")
+    values = tiny_config_values(data, tiny_checkpoint, tmp_path / "run", epochs=1)
+    values["model"]["pooling"] = "pooler"
+    values["data"]["tasks"] = ["quora", "sts"]
+    train(checked_config(values))
+    ours = minbert.load(tmp_path / "run", precision="fp32")
+    pairs = [("how do i cook rice ?", "how do you cook rice ?"), ("what is a cat ?", "a dog")]
+    for task in ("quora", "sts"):
+        out = tmp_path / task
+        assert cli.main(["export", str(tmp_path / "run"), str(out), "--task", task]) == 0
+        model = st.CrossEncoder(str(out), device="cpu")
+        expected = ours.predict(task, pairs)
+        if task == "quora":  # two logits [0, z]: softmax is the run's probabilities
+            theirs = model.predict(pairs, activation_fn=torch.nn.Softmax(dim=-1))
+            np.testing.assert_allclose(theirs, expected.probabilities, atol=1e-4)
+        else:  # one logit: the CrossEncoder's sigmoid is the score's share of its range
+            theirs = model.predict(pairs, activation_fn=torch.nn.Sigmoid())
+            assert (5 * theirs).tolist() == pytest.approx(list(expected.scores), abs=5e-4)
