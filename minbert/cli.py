@@ -388,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "tasks.TASK.pooling = \"pooler\"; CrossEncoder loads it too), "
                                   "or, bi-encoded by cosine, a SentenceTransformer folder")
     p.add_argument("--onnx", action="store_true",
-                   help="also one ONNX graph per task (OUT/onnx/TASK.onnx) for onnxruntime")
+                   help="also ONNX graphs for onnxruntime: the encoder once "
+                        "(OUT/onnx/encoder.onnx) and each task's head (OUT/onnx/TASK.onnx, "
+                        "probabilities or scores out)")
     p.set_defaults(func=cmd_export)
     p = _command(sub, "data", "convert extra training data; fetch the datasets")
     data = p.add_subparsers(dest="data_command", required=True)

@@ -109,17 +109,23 @@ class MultiTaskModel(nn.Module):
     def represent(self, segment: dict[str, torch.Tensor], word_embeds: torch.Tensor,
                   task: str) -> torch.Tensor:
         """One segment as one vector per example, pooled as `task` asks: (batch, width)."""
-        kind, layers = self.poolings[task]
         _, pooled, states = self.encoder(inputs_embeds=word_embeds,
                                          attention_mask=segment["attention_mask"],
                                          token_type_ids=segment["token_type_ids"],
                                          output_hidden_states=True)
+        return self.pool(task, states, pooled, segment["attention_mask"])
+
+    def pool(self, task: str, states, pooled: torch.Tensor, attention_mask: torch.Tensor
+             ) -> torch.Tensor:
+        """The vector `task` reads from one segment's encoder outputs: its layers' states
+        (the last ones at least as many as it pools) and BERT's pooler output."""
+        kind, layers = self.poolings[task]
         if kind == "pooler":
             return pooled
         top = states[-layers:]
         if kind == "cls":
             return torch.cat([hidden[:, 0] for hidden in top], dim=-1)
-        mask = segment["attention_mask"].unsqueeze(-1).to(top[0].dtype)  # (batch, seq, 1)
+        mask = attention_mask.unsqueeze(-1).to(top[0].dtype)  # (batch, seq, 1)
         count = mask.sum(1).clamp(min=1.0)
         return torch.cat([(hidden * mask).sum(1) / count for hidden in top], dim=-1)
 

@@ -1,12 +1,19 @@
-"""ONNX: a trained model's encoder and heads as one graph per task, run by onnxruntime.
+"""ONNX: a trained model as one encoder graph shared by the tasks' small head graphs, run
+by onnxruntime.
 
-`minbert export RUN OUT --onnx` writes OUT/onnx/TASK.onnx beside the HF folder. A graph
-takes one segment (a sentence, or a cross-encoded pair: input_ids_0, attention_mask_0,
-token_type_ids_0), two (a bi-encoded pair: ..._0 and ..._1) or three (a pair encoded
-both ways: the cross-encoded pair, then each sentence), each (batch, length) with both
-dimensions dynamic, and returns the task's outputs (batch, outputs), the
-logits the PyTorch model gives. `minbert.load(OUT, backend="onnx")` predicts with them.
-Needs `pip install 'minbert[onnx]'` (onnx and onnxscript to export, onnxruntime to run).
+`minbert export RUN OUT --onnx` writes OUT/onnx/ beside the HF folder:
+- encoder.onnx: the BERT encoder, its inputs named as transformers names them
+  (input_ids, attention_mask, token_type_ids; each (batch, length), both dynamic), its
+  outputs `hidden_states` (the top K layers' states stacked, (K, batch, length, hidden),
+  K the most any task pools) and `pooler_output` (batch, hidden); it holds the weights,
+  once for every task;
+- TASK.onnx: the task's pooling and head. It takes each segment's encoder outputs and
+  mask (one segment: a sentence or a cross-encoded pair; two: a bi-encoded pair; three: a
+  pair encoded both ways) as hidden_states_N, attention_mask_N, pooler_output_N (the
+  inputs its pooling reads) and returns `probabilities` (batch, classes) for a
+  classification task or `scores` (batch,) in the task's range, and `logits`.
+`minbert.load(OUT, backend="onnx")` predicts with them. Needs `pip install
+'minbert[onnx]'` (onnx and onnxscript to export, onnxruntime to run).
 """
 from __future__ import annotations
 
@@ -15,7 +22,6 @@ import io
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -23,42 +29,61 @@ from minbert.config import ENCODINGS
 from minbert.data import Batch
 
 SEGMENT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+HEAD_INPUTS = ("hidden_states", "attention_mask", "pooler_output")
+ENCODER = "encoder.onnx"
 
 
 class OnnxExportError(RuntimeError):
     """An export or a graph that cannot be used; the message says what to install or do."""
 
 
-class _OneSegment(nn.Module):
-    """The model for one task, its segments as flat named tensors (the graph's inputs)."""
+class _Encoder(nn.Module):
+    """The encoder with transformers' input names; its top `layers` states, stacked."""
 
-    def __init__(self, model, task: str):
+    def __init__(self, encoder, layers: int):
+        super().__init__()
+        self.encoder, self.layers = encoder, layers
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        _, pooled, states = self.encoder(input_ids, attention_mask, token_type_ids,
+                                         output_hidden_states=True)
+        return torch.stack(states[-self.layers:]), pooled
+
+
+class _OneSegment(nn.Module):
+    """One task's pooling and head over its segments' encoder outputs (flat named
+    tensors: the graph's inputs); returns its outputs as users read them, and logits."""
+
+    def __init__(self, model, task):
         super().__init__()
         self.model, self.task = model, task
 
     def _run(self, *tensors):
-        segments = [dict(zip(SEGMENT_INPUTS, tensors[i:i + 3]))
-                    for i in range(0, len(tensors), 3)]
-        return self.model(Batch(self.task, segments, None, np.zeros(0)))
+        reps = [self.model.pool(self.task.name, list(states.unbind(0)), pooled, mask)
+                for states, mask, pooled in (tensors[i:i + 3] for i in range(0, len(tensors), 3))]
+        logits = self.model.heads[self.task.name](*reps)
+        shown = self.task.probabilities(logits) if self.task.classes is not None \
+            else self.task.predict(logits)
+        return shown, logits
 
-    def forward(self, input_ids_0, attention_mask_0, token_type_ids_0):
-        return self._run(input_ids_0, attention_mask_0, token_type_ids_0)
+    def forward(self, hidden_states_0, attention_mask_0, pooler_output_0):
+        return self._run(hidden_states_0, attention_mask_0, pooler_output_0)
 
 
 class _TwoSegments(_OneSegment):
-    def forward(self, input_ids_0, attention_mask_0, token_type_ids_0,  # noqa: D102
-                input_ids_1, attention_mask_1, token_type_ids_1):
-        return self._run(input_ids_0, attention_mask_0, token_type_ids_0,
-                         input_ids_1, attention_mask_1, token_type_ids_1)
+    def forward(self, hidden_states_0, attention_mask_0, pooler_output_0,  # noqa: D102
+                hidden_states_1, attention_mask_1, pooler_output_1):
+        return self._run(hidden_states_0, attention_mask_0, pooler_output_0,
+                         hidden_states_1, attention_mask_1, pooler_output_1)
 
 
 class _ThreeSegments(_OneSegment):
-    def forward(self, input_ids_0, attention_mask_0, token_type_ids_0,  # noqa: D102
-                input_ids_1, attention_mask_1, token_type_ids_1,
-                input_ids_2, attention_mask_2, token_type_ids_2):
-        return self._run(input_ids_0, attention_mask_0, token_type_ids_0,
-                         input_ids_1, attention_mask_1, token_type_ids_1,
-                         input_ids_2, attention_mask_2, token_type_ids_2)
+    def forward(self, hidden_states_0, attention_mask_0, pooler_output_0,  # noqa: D102
+                hidden_states_1, attention_mask_1, pooler_output_1,
+                hidden_states_2, attention_mask_2, pooler_output_2):
+        return self._run(hidden_states_0, attention_mask_0, pooler_output_0,
+                         hidden_states_1, attention_mask_1, pooler_output_1,
+                         hidden_states_2, attention_mask_2, pooler_output_2)
 
 
 _WRAPPERS = {1: _OneSegment, 2: _TwoSegments, 3: _ThreeSegments}  # by segment count
@@ -69,7 +94,7 @@ def segments_of(model, task) -> int:
 
 
 def export_onnx(model, tasks: dict, out: str | Path) -> list[Path]:
-    """One graph per task under OUT/onnx/, dynamic in batch and length."""
+    """OUT/onnx/encoder.onnx and one head graph per task, dynamic in batch and length."""
     try:
         import onnx  # noqa: F401  (the exporter needs it, and onnxscript)
         import onnxscript  # noqa: F401
@@ -80,38 +105,50 @@ def export_onnx(model, tasks: dict, out: str | Path) -> list[Path]:
     folder = Path(out) / "onnx"
     folder.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    longest = model.encoder.config.max_position_embeddings
-    batch_dim = Dim("batch", min=1, max=65536)
-    written = []
+    config = model.encoder.config
+    layers = max(model.poolings[name][1] for name in tasks)
+    batch, length = Dim("batch", min=1, max=65536), Dim("length", min=2,
+                                                        max=config.max_position_embeddings)
+    ids = torch.full((2, 6), 5, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    encoder = _Encoder(model.encoder, layers).eval()
+    written = [_export(encoder, (ids, mask, torch.zeros_like(ids)), folder / ENCODER,
+                       {key: {0: batch, 1: length} for key in SEGMENT_INPUTS},
+                       ["hidden_states", "pooler_output"])]
+    with torch.no_grad():
+        states, pooled = encoder(ids, mask, torch.zeros_like(ids))
     for name, task in tasks.items():
         count = segments_of(model, task)
-        wrapper = _WRAPPERS[count](model, name).eval()
         example, shapes = [], {}
         for segment in range(count):
-            length = Dim(f"length_{segment}", min=2, max=longest)
-            ids = torch.full((2, 6), 5, dtype=torch.long)
-            mask = torch.ones_like(ids)
-            mask[1, 4:] = 0
-            example += [ids, mask, torch.zeros_like(ids)]
-            shapes.update({f"{key}_{segment}": {0: batch_dim, 1: length}
-                           for key in SEGMENT_INPUTS})
-        path = folder / f"{name}.onnx"
-        # the exporter's progress lines and warnings are its own business: kept, and shown
-        # only if it fails
-        noise = io.StringIO()
-        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(noise), \
-                contextlib.redirect_stderr(noise), _quiet("torch.onnx", "torch.export"):
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(wrapper, tuple(example), str(path), dynamo=True,
-                                  input_names=list(shapes), output_names=["outputs"],
-                                  dynamic_shapes=shapes, verbose=False)
-            except Exception as e:
-                raise OnnxExportError(f"{path}: the ONNX exporter failed: "
-                                      f"{str(e).splitlines()[0][:300]} (its output ended: "
-                                      f"{noise.getvalue()[-300:]!r})") from None
-        written.append(path)
+            length = Dim(f"length_{segment}", min=2, max=config.max_position_embeddings)
+            example += [states.clone(), mask.clone(), pooled.clone()]  # distinct inputs
+            shapes.update({f"hidden_states_{segment}": {1: batch, 2: length},
+                           f"attention_mask_{segment}": {0: batch, 1: length},
+                           f"pooler_output_{segment}": {0: batch}})
+        shown = "probabilities" if task.classes is not None else "scores"
+        written.append(_export(_WRAPPERS[count](model, task).eval(), tuple(example),
+                               folder / f"{name}.onnx", shapes, [shown, "logits"]))
     return written
+
+
+def _export(module, example: tuple, path: Path, shapes: dict, outputs: list[str]) -> Path:
+    """One graph; the exporter's progress lines and warnings are its own business: kept,
+    and shown only if it fails."""
+    noise = io.StringIO()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(noise), \
+            contextlib.redirect_stderr(noise), _quiet("torch.onnx", "torch.export"):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, example, str(path), dynamo=True,
+                              input_names=list(shapes), output_names=outputs,
+                              dynamic_shapes=shapes, verbose=False, external_data=False)
+        except Exception as e:
+            raise OnnxExportError(f"{path}: the ONNX exporter failed: "
+                                  f"{str(e).splitlines()[0][:300]} (its output ended: "
+                                  f"{noise.getvalue()[-300:]!r})") from None
+    return path
 
 
 @contextlib.contextmanager
@@ -140,11 +177,17 @@ class OnnxModel:
             raise OnnxExportError("the onnx backend needs onnxruntime: "
                                   "pip install 'minbert[onnx]'") from None
         self.encodings, self.folder = encodings, Path(folder)
-        self.sessions = {name: onnxruntime.InferenceSession(
-            str(self.folder / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-            for name in tasks if (self.folder / f"{name}.onnx").is_file()}
+
+        def session(path):
+            return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        if not (self.folder / ENCODER).is_file():
+            raise OnnxExportError(f"{self.folder / ENCODER}: not found; export the run again "
+                                  "with `minbert export RUN OUT --onnx`")
+        self.encoder = session(self.folder / ENCODER)
+        self.sessions = {name: session(self.folder / f"{name}.onnx") for name in tasks
+                         if (self.folder / f"{name}.onnx").is_file()}
         if not self.sessions:
-            raise OnnxExportError(f"{self.folder}: no ONNX graph; export the run with "
+            raise OnnxExportError(f"{self.folder}: no task graph; export the run with "
                                   "`minbert export RUN OUT --onnx`")
 
     def eval(self):
@@ -162,6 +205,13 @@ class OnnxModel:
         if batch.task not in self.sessions:
             raise OnnxExportError(f"{self.folder / (batch.task + '.onnx')}: not found; this "
                                   f"export has graphs for {', '.join(self.sessions)}")
-        feeds = {f"{key}_{number}": segment[key].cpu().numpy()
-                 for number, segment in enumerate(batch.segments) for key in SEGMENT_INPUTS}
-        return torch.from_numpy(self.sessions[batch.task].run(None, feeds)[0])
+        head = self.sessions[batch.task]
+        wanted = {i.name for i in head.get_inputs()}  # those its pooling reads
+        feeds = {}
+        for number, segment in enumerate(batch.segments):
+            inputs = {key: segment[key].cpu().numpy() for key in SEGMENT_INPUTS}
+            states, pooled = self.encoder.run(None, inputs)
+            for key, value in zip(HEAD_INPUTS, (states, inputs["attention_mask"], pooled)):
+                if f"{key}_{number}" in wanted:
+                    feeds[f"{key}_{number}"] = value
+        return torch.from_numpy(head.run(["logits"], feeds)[0])

@@ -72,7 +72,18 @@ def test_onnx_graphs_predict_what_the_pytorch_model_does(run, tmp_path, capfd):
     import numpy as np
     assert cli.main(["export", str(run), str(tmp_path / "out"), "--onnx"]) == 0
     out, err = capfd.readouterr()
-    assert "onnx/sts.onnx" in out
+    assert "onnx/sts.onnx" in out and "onnx/encoder.onnx" in out
+    # one encoder graph holds the weights; the heads' graphs are small beside it
+    graphs = {p.name: p.stat().st_size for p in (tmp_path / "out" / "onnx").iterdir()}
+    assert sorted(graphs) == ["encoder.onnx", "quora.onnx", "sst.onnx", "sts.onnx"]
+    assert sum(graphs.values()) < 1.5 * graphs["encoder.onnx"]
+    import onnxruntime
+    sessions = {name: onnxruntime.InferenceSession(str(tmp_path / "out" / "onnx" / name))
+                for name in graphs}
+    assert [i.name for i in sessions["encoder.onnx"].get_inputs()] == [
+        "input_ids", "attention_mask", "token_type_ids"]
+    assert [o.name for o in sessions["sst.onnx"].get_outputs()] == ["probabilities", "logits"]
+    assert [o.name for o in sessions["sts.onnx"].get_outputs()] == ["scores", "logits"]
     assert all(line.startswith("wrote ") for line in out.splitlines()), out  # no exporter noise
     assert "training mode" not in err and "torchvision" not in err, err
     torch_model = minbert.load(tmp_path / "out", precision="fp32")
@@ -87,6 +98,18 @@ def test_onnx_graphs_predict_what_the_pytorch_model_does(run, tmp_path, capfd):
         if ours.probabilities is not None:
             np.testing.assert_allclose(theirs.probabilities, ours.probabilities, atol=1e-4)
         np.testing.assert_allclose(theirs.values, ours.values, atol=1e-4)
+    # the graphs alone, as another program would run them: the encoder, then the head
+    tokens = minbert.Tokenizer.from_pretrained(str(tmp_path / "out"))(["the movie is good",
+                                                                      "awful"])
+    feeds = {k: v.numpy() for k, v in tokens.items()}
+    states, pooled = sessions["encoder.onnx"].run(None, feeds)
+    head = sessions["sst.onnx"]
+    given = {"hidden_states_0": states, "attention_mask_0": feeds["attention_mask"],
+             "pooler_output_0": pooled}
+    probabilities = head.run(["probabilities"], {i.name: given[i.name]
+                                                 for i in head.get_inputs()})[0]
+    np.testing.assert_allclose(probabilities, torch_model.predict(
+        "sst", ["the movie is good", "awful"]).probabilities, atol=1e-4)
 
 
 def test_an_export_carries_a_model_card_label_names_and_no_local_paths(run, tmp_path):
