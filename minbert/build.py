@@ -143,5 +143,3 @@ def encode_split(config: RunConfig, tasks: dict[str, Task], tokenizer: Tokenizer
             out[name] = EncodedTask(name, examples, tokenizer,
                                     task.encoding(config.model.pair_encoding))
     return out
-
-

@@ -69,4 +69,3 @@ def format_table(metrics: dict[str, float], tasks: dict[str, Task], title: str =
              for name in tasks if name in metrics]
     rows.append(f"{'overall':<10}{'':<10}{metrics['overall']:>8.3f}")
     return "\n".join(rows)
-

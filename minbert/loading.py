@@ -139,4 +139,3 @@ def start_from_run(model: MultiTaskModel, init_from: str | Path, seed: int) -> P
             raise RunError(f"{where}: its {name} head has another shape (its pooling, "
                            f"pool_layers or pair encoding differ: {first_line(e)})") from None
     return source.folder.path
-

@@ -127,4 +127,3 @@ def write_evaluation(out: str | Path, config: dict, record: dict, tasks: dict[st
         write_prediction_file(prediction_file(folder.predictions, tasks[name], "dev"),
                               tasks[name], ids, values)
     return folder
-

@@ -165,4 +165,3 @@ def specialists_seed_results(folder) -> dict[str, dict]:
         metrics = {task: per_task[task][seed][task] for task in per_task}
         out[seed] = {**metrics, "overall": overall_score(metrics, tasks)}
     return out
-

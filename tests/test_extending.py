@@ -228,4 +228,3 @@ def test_a_new_task_kind_trains_evaluates_predicts_compares_and_reports(
     assert np.array(analysis["per_class"]["rating"]["confusion"]).sum() == len(ratings)
     assert (tmp_path / "report" / "run-0" / "rating-distribution.png").stat().st_size > 1000
     assert "rating_close" in (tmp_path / "report" / "ablation.csv").read_text()
-
