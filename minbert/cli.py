@@ -32,11 +32,17 @@ def cmd_train(args):
     from minbert.build import build_plan
     if args.finetune is not None and args.finetune < 1:
         raise ValueError(f"--finetune {args.finetune}: the fine-tuning's epochs, at least 1")
-    if args.specialists and args.finetune:
-        raise ValueError("--specialists and --finetune: choose one (--finetune trains "
-                         "specialists too, each starting from the multi-task model)")
+    chosen = [flag for flag, on in (("--specialists", args.specialists),
+                                    ("--finetune", args.finetune), ("--distill", args.distill))
+              if on]
+    if len(chosen) > 1:
+        raise ValueError(f"{' and '.join(chosen)}: choose one (--finetune and --distill "
+                         "train the specialists too)")
     seeds = _seeds(args) if args.seeds is not None else None
-    plan = build_plan(_config(args), args.config or "flags")  # every method checked, once
+    config = _config(args)
+    if args.distill:  # its [regularizers.distill] are the student's options, teachers to come
+        return recipes.distilled(config, seeds, args.overwrite, args.config or "flags")
+    plan = build_plan(config, args.config or "flags")  # every method checked, once
     if args.finetune:
         return recipes.finetuned(plan, args.finetune, seeds, args.overwrite)
     if args.specialists:
@@ -310,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one run per task of the config, that task alone (RUN_DIR/specialist-"
                         "TASK; with --seeds, a seeds folder each): compare a multi-task run "
                         "with them, or distil them into one")
+    p.add_argument("--distill", action="store_true",
+                   help="BAM: the specialists (as --specialists), then one multi-task model "
+                        "taught by them with teacher annealing in RUN_DIR/student; compare "
+                        "RUN_DIR/student with RUN_DIR")
     p.add_argument("--finetune", type=int, nargs="?", const=1, metavar="EPOCHS",
                    help="MT-DNN: the multi-task run in RUN_DIR/multitask, then each task "
                         "fine-tuned alone from it for EPOCHS (default 1) in RUN_DIR/"

@@ -1,14 +1,20 @@
-"""What `minbert train` runs: one run, one run per seed, one specialist per task, or
-MT-DNN's multi-task model then each task fine-tuned from it. Each checks every plan it
-will need before any training, trains, and prints what the user reads at the end (on the
-main process only, under torchrun)."""
+"""What `minbert train` runs: one run, one run per seed, one specialist per task, the
+specialists then one model distilled from them (BAM), or MT-DNN's multi-task model then
+each task fine-tuned from it. Each checks every plan it will need before any training,
+trains, and prints what the user reads at the end (on the main process only, under
+torchrun)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from minbert.build import Plan, build_plan
+from minbert.config import RunConfig
 from minbert.distributed import launched_as_main
 from minbert.evaluation import format_table, overall_score
 from minbert.pretrained import caveats
-from minbert.seeds import finetune_configs, specialist_config, train_seeds, train_specialists
+from minbert.regularizers.distill import Distill
+from minbert.seeds import (finetune_configs, specialist_config, student_config, train_seeds,
+                           train_specialists)
 from minbert.training import train
 
 
@@ -71,3 +77,32 @@ def finetuned(plan: Plan, epochs: int, seed_list: list[int] | None,
         one(build_plan(multi), overwrite)
     return specialists(tuned_plan, seed_list, overwrite,
                        f"each task fine-tuned from {multi.run_dir}")
+
+
+def distilled(config: RunConfig, seed_list: list[int] | None, overwrite: bool = False,
+              source: str = "config") -> int:
+    """BAM: the specialists in RUN/specialist-TASK, then one multi-task model taught by
+    them in RUN/student (compare RUN/student with RUN). The config's own
+    [regularizers.distill] options (weight, divergence, anneal) are the student's; its
+    teachers are the specialists."""
+    if "teachers" in config.regularizers.get("distill", {}):
+        raise ValueError(f"{source}: regularizers.distill.teachers is set; --distill "
+                         "teaches each task by its specialist: remove the key, or train "
+                         "without --distill")
+    base = replace(config, regularizers={k: v for k, v in config.regularizers.items()
+                                         if k != "distill"})
+    plan = build_plan(base, source)
+    student = student_config(config)
+    # the student's methods checked before any training, its teachers not yet there
+    build_plan(replace(student, regularizers=base.regularizers), f"{source} (the student)")
+    options = {k: v for k, v in student.regularizers["distill"].items() if k != "teachers"}
+    try:
+        Distill.check_options(**options)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    specialists(plan, seed_list, overwrite)
+    student_plan = build_plan(student, f"{source} (the student)")  # the teachers exist now
+    if launched_as_main():
+        print(f"\nthe student: {student.run_dir}")
+    return seeds(student_plan, seed_list, overwrite) if seed_list is not None \
+        else one(student_plan, overwrite)

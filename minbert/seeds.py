@@ -149,6 +149,22 @@ def finetune_configs(config: RunConfig, epochs: int) -> tuple[RunConfig, RunConf
     return multi, tuned
 
 
+STUDENT = "student"  # RUN/student/: the one model of `train --distill`
+
+
+def student_config(config: RunConfig) -> RunConfig:
+    """BAM's student (Clark et al. 2019) of the specialists `train --specialists` writes in
+    RUN_DIR: the multi-task recipe in RUN_DIR/student, each task taught by its specialist
+    (a --seeds folder: the ensemble of its seeds) with teacher annealing unless the
+    config's [regularizers.distill] says otherwise (its other options are kept)."""
+    parent = Path(config.run_dir)
+    options = {"anneal": "linear", **config.regularizers.get("distill", {}),
+               "teachers": {task: [str(parent / f"{SPECIALIST}{task}")]
+                            for task in config.data.tasks}}
+    return replace(config, run_dir=str(parent / STUDENT),
+                   regularizers={**config.regularizers, "distill": options})
+
+
 def specialists_seed_results(folder) -> dict[str, dict]:
     """Each seed's dev metrics of a specialists folder: every task from its specialist, the
     overall score computed over them (what the specialists give together)."""

@@ -243,3 +243,37 @@ def test_init_from_starts_from_a_runs_encoder_and_shared_heads(teacher, tiny_che
     wide, _ = build_model(config, build_tasks(config))
     with pytest.raises(RunError, match="its sst head has another shape"):
         start_from_run(wide, teacher / "teacher", seed=0)
+
+
+@pytest.mark.slow
+def test_distill_trains_the_specialists_then_their_student(teacher, tiny_checkpoint, tmp_path,
+                                                           capsys):
+    """`train --distill`: RUN/specialist-TASK per seed, then RUN/student per seed taught
+    by each task's specialists (their seeds' ensemble) with teacher annealing."""
+    from minbert.tuning.study import to_toml
+    values = tiny_config_values(teacher / "data", tiny_checkpoint, tmp_path / "bam", epochs=1)
+    values["regularizers"] = {"distill": {"teachers": ["elsewhere"], "weight": 0.5}}
+    config = tmp_path / "bam.toml"
+    config.write_text(to_toml(values), encoding="utf-8")
+    assert cli.main(["train", "--config", str(config), "--distill", "--seeds", "0,1"]) == 2
+    assert "regularizers.distill.teachers is set" in capsys.readouterr().err
+    del values["regularizers"]["distill"]["teachers"]  # --distill names them
+    values["regularizers"]["distill"]["anneal"] = "cosine"
+    config.write_text(to_toml(values), encoding="utf-8")
+    assert cli.main(["train", "--config", str(config), "--distill"]) == 2
+    assert "anneal = 'cosine'" in capsys.readouterr().err
+    assert not (tmp_path / "bam").exists()  # refused before any training
+    del values["regularizers"]["distill"]["anneal"]
+    config.write_text(to_toml(values), encoding="utf-8")
+    assert cli.main(["train", "--config", str(config), "--distill", "--seeds", "0,1"]) == 0
+    assert "the student: " in capsys.readouterr().out
+    saved = json.loads((tmp_path / "bam" / "student" / "seed-1" / "config.json").read_text())
+    distill = saved["regularizers"]["distill"]
+    assert distill["teachers"] == {t: [str(tmp_path / "bam" / f"specialist-{t}")]
+                                   for t in ("sst", "quora", "sts")}
+    assert distill["anneal"] == "linear" and distill["weight"] == 0.5
+    assert (tmp_path / "bam" / "specialist-sts" / "seed-1" / "best.pt").is_file()
+    assert cli.main(["compare", str(tmp_path / "bam" / "student"), str(tmp_path / "bam")]) == 0
+    assert "\noverall " in capsys.readouterr().out
+    assert cli.main(["train", "--config", str(config), "--distill", "--finetune"]) == 2
+    assert "--finetune and --distill: choose one" in capsys.readouterr().err

@@ -40,6 +40,19 @@ class Distill(Regularizer):
                  anneal: str = "none", tasks=None):
         self.tasks = tasks or {}
         self.folders = _teacher_folders(teachers, self.tasks)
+        self.check_options(weight, divergence, anneal)
+        self.weight, self.kind, self.anneal = float(weight), divergence, anneal
+        self.teachers = None  # task -> loaded runs, on first use
+        self.cache: dict[str, dict[int, torch.Tensor]] = {}
+        self.updates, self.total_updates = 0, 1
+
+    @staticmethod
+    def check_options(weight: float = 1.0, divergence: str = "kl", anneal: str = "none",
+                      **unknown) -> None:
+        """The options besides the teachers, checked (before the teachers exist)."""
+        if unknown:
+            raise ValueError(f"regularizers.distill: unknown option(s) {sorted(unknown)}; it "
+                             "takes teachers, weight, divergence and anneal")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(f"regularizers.distill.weight: a number ≥ 0, got {weight!r}")
         if divergence not in DIVERGENCES:
@@ -48,10 +61,6 @@ class Distill(Regularizer):
         if anneal not in ANNEALING:
             raise ValueError(f"regularizers.distill.anneal = {anneal!r}; use one of "
                              f"{', '.join(ANNEALING)}")
-        self.weight, self.kind, self.anneal = float(weight), divergence, anneal
-        self.teachers = None  # task -> loaded runs, on first use
-        self.cache: dict[str, dict[int, torch.Tensor]] = {}
-        self.updates, self.total_updates = 0, 1
 
     def start(self, total_updates: int) -> None:
         self.total_updates = max(1, total_updates)
