@@ -235,9 +235,10 @@ def test_a_pruned_trial_is_recorded_as_pruned(tmp_path, tiny_checkpoint):
 @pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_jobs_run_trials_in_parallel_processes(tmp_path, tiny_checkpoint):
-    # trials of 3 epochs: long enough that a worker starting a few seconds after the other
-    # (a loaded machine) still finds trials left to run
-    config = study_config(tmp_path, tiny_checkpoint, epochs=3, trials=4)
+    # trials of 10 epochs (several seconds each): long enough that a worker starting a few
+    # seconds after the other (its imports on a loaded machine) still finds trials left;
+    # with 3 epochs a quick machine's first worker once finished all four alone
+    config = study_config(tmp_path, tiny_checkpoint, epochs=10, trials=4)
     done = subprocess.run(tune_command(config, "--jobs", "2"), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
