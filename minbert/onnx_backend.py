@@ -186,6 +186,9 @@ class OnnxModel:
         self.encoder = session(self.folder / ENCODER)
         self.sessions = {name: session(self.folder / f"{name}.onnx") for name in tasks
                          if (self.folder / f"{name}.onnx").is_file()}
+        # each head graph's inputs: those its pooling reads
+        self.inputs = {name: {i.name for i in head.get_inputs()}
+                       for name, head in self.sessions.items()}
         if not self.sessions:
             raise OnnxExportError(f"{self.folder}: no task graph; export the run with "
                                   "`minbert export RUN OUT --onnx`")
@@ -205,8 +208,7 @@ class OnnxModel:
         if batch.task not in self.sessions:
             raise OnnxExportError(f"{self.folder / (batch.task + '.onnx')}: not found; this "
                                   f"export has graphs for {', '.join(self.sessions)}")
-        head = self.sessions[batch.task]
-        wanted = {i.name for i in head.get_inputs()}  # those its pooling reads
+        head, wanted = self.sessions[batch.task], self.inputs[batch.task]
         feeds = {}
         for number, segment in enumerate(batch.segments):
             inputs = {key: segment[key].cpu().numpy() for key in SEGMENT_INPUTS}
