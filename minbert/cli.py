@@ -291,8 +291,10 @@ EXAMPLES = {
 
 
 def _command(sub, name: str, text: str) -> argparse.ArgumentParser:
-    """A subcommand with its one-line help, a description and an example."""
-    return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+    """A subcommand with its one-line help, a description and an example (`text` as a
+    help string: a literal % written %%, which the description prints as %)."""
+    words = text.replace("%%", "%")
+    return sub.add_parser(name, help=text, description=words[0].upper() + words[1:] + ".",
                           epilog=f"example:\n  {EXAMPLES[name]}",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 

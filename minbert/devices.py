@@ -2,7 +2,9 @@
 dtype that `precision = "auto"` picks on it (on a CPU, by measuring both)."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import json
 import os
 import platform
@@ -101,6 +103,52 @@ def resolve_precision(name: str, device: torch.device, model: nn.Module | None =
     if speedup >= MIN_GAIN:
         return torch.bfloat16, f"bf16 autocast (auto: {what} measured {speedup:.2f}x fp32 here)"
     return None, f"fp32 (auto: bf16 {what} measured {speedup:.2f}x fp32 here)"
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Lets this process reuse the memory it frees instead of handing it back to the
+    kernel (Linux with glibc; elsewhere nothing changes). glibc serves a block above its
+    mmap threshold (which never exceeds 32 MB; MiniLM's word-embedding gradient is 47 MB)
+    with a fresh mmap and unmaps it when freed, so every training step paid page faults
+    and the zeroing of fresh pages for its big tensors again (about 20,000 faults a step
+    for MiniLM on a CPU, 1,500 with this: benchmarks/train_speed.py). The
+    same idea as running under jemalloc or tcmalloc, which PyTorch's CPU performance
+    guides recommend; memory a run has used stays reserved until it exits. Called by
+    training and scoring on a CPU (again is harmless); True when the setting took effect."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def inference_weights(model: nn.Module, dtype: torch.dtype | None, device):
+    """Scoring under CPU autocast with the linear layers' weights held in `dtype` for the
+    duration, the fp32 tensors put back afterwards (also after an error). Autocast casts
+    every weight to bf16 on every call, so each batch paid for a copy of the whole model
+    (8% of a scoring profile); holding the cast copies gives the same numbers, since
+    autocast computes a linear layer in bf16 from exactly these rounded weights. Nothing is
+    changed on other devices, in fp32, or for a compiled model (its graphs guard on dtypes)."""
+    if dtype is None or torch.device(device).type != "cpu" or any(
+            getattr(m, "_compiled_call_impl", None) is not None for m in model.modules()):
+        yield
+        return
+    kept = [(p, p.data) for m in model.modules() if isinstance(m, nn.Linear)
+            for p in m.parameters(recurse=False) if p.dtype == torch.float32]
+    try:
+        for p, data in kept:
+            p.data = data.to(dtype)
+        yield
+    finally:
+        for p, data in kept:
+            p.data = data
 
 
 # ---------------------------------------------------------------------- measuring bf16

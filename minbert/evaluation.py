@@ -7,6 +7,7 @@ import torch
 
 from minbert import distributed
 from minbert.data import EncodedTask
+from minbert.devices import inference_weights, keep_freed_memory
 from minbert.progress import Progress
 from minbert.tasks import Task
 
@@ -25,11 +26,14 @@ def outputs(model, task: Task, data: EncodedTask, batch_size: int, device,
     order; batches sorted by length (little padding), under `autocast_dtype` (None: fp32)."""
     was_training = model.training
     model.eval()
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
     out = torch.zeros(len(data), task.num_outputs, dtype=torch.float64)
     batches = list(data.sorted_batches(batch_size))
     mine = batches[distributed.rank()::distributed.world_size()]  # DDP: a share
     with Progress(len(mine), f"scoring {data.name}", unit="batch",
-                  enabled=progress and distributed.is_main()) as bar:
+                  enabled=progress and distributed.is_main()) as bar, \
+            inference_weights(model, autocast_dtype, device):
         for indices in mine:
             batch = data.batch(indices).to(device)
             with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,

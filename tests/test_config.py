@@ -155,3 +155,4 @@ def test_every_command_has_a_description_and_an_example(capsys):
             cli.main([command, "--help"])
         text = capsys.readouterr().out
         assert "example:\n  minbert " + command in text
+        assert "%%" not in text  # a help string's escape, printed as is in a description

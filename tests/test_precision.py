@@ -74,6 +74,36 @@ def test_bf16_predictions_match_fp32_on_a_tiny_model(tiny_run):
             assert clear.any() and np.array_equal(bf16[clear], fp32[clear])
 
 
+def test_scoring_holds_bf16_weights_with_autocasts_numbers_and_restores_them(tiny_run,
+                                                                             monkeypatch):
+    """evaluation.outputs casts the linear layers' weights once per scoring instead of
+    autocast casting them on every call: the same numbers, the fp32 tensors put back."""
+    import contextlib
+    import minbert.evaluation as evaluation
+    config, tasks, model, dev = tiny_run
+    before = {k: (v.data_ptr(), v.dtype) for k, v in model.state_dict().items()}
+    held = {name: evaluation.outputs(model, tasks[name], data, 8, CPU, torch.bfloat16)
+            for name, data in dev.items()}
+    after = {k: (v.data_ptr(), v.dtype) for k, v in model.state_dict().items()}
+    assert after == before  # the very tensors, still fp32
+    monkeypatch.setattr(evaluation, "inference_weights",
+                        lambda *args: contextlib.nullcontext())
+    for name, data in dev.items():  # autocast casting on every call, as before
+        assert torch.equal(held[name], evaluation.outputs(model, tasks[name], data, 8, CPU,
+                                                          torch.bfloat16))
+    seen = []
+
+    def failing_forward(batch):
+        seen.append(model.encoder.pooler.dense.weight.dtype)
+        raise RuntimeError("interrupted")
+    monkeypatch.setattr(model, "forward", failing_forward)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with devices.inference_weights(model, torch.bfloat16, CPU):
+            model(None)
+    assert seen == [torch.bfloat16]
+    assert {k: (v.data_ptr(), v.dtype) for k, v in model.state_dict().items()} == before
+
+
 def test_the_log_and_console_say_which_precision_and_why(tmp_path, tiny_checkpoint, capsys,
                                                          monkeypatch):
     from minbert.training import train
@@ -160,3 +190,31 @@ def test_timing_steps_leaves_the_model_and_the_rng_as_they_were(tiny_checkpoint)
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_freed_memory_is_reused_instead_of_faulted_in_again():
+    """After keep_freed_memory, a big tensor freed and allocated again reuses the pages: the
+    second allocation costs few page faults (glibc would map, fault and zero fresh ones)."""
+    import platform
+    import subprocess
+    import sys
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    script = """
+import resource, sys, torch
+from minbert.devices import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(64 << 18)  # 64 MB, written, then freed
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults()
+print(faults())
+"""
+    pages = (64 << 20) // 4096
+    counts = {mode: int(subprocess.run([sys.executable, "-c", script, mode], check=True,
+                                       capture_output=True, text=True).stdout)
+              for mode in ("keep", "default")}
+    assert counts["default"] > pages // 2  # glibc maps the block afresh each time
+    assert counts["keep"] < pages // 20

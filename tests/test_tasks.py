@@ -54,6 +54,15 @@ def test_regression_maps_a_logit_into_the_score_range(tasks):
     assert sts.format_prediction(2.5) == "2.5000"
 
 
+def test_the_similarity_metric_is_scipys_pearson_r(tasks):
+    from scipy.stats import pearsonr
+    rng = np.random.default_rng(0)
+    labels = rng.uniform(0, 5, 1500)
+    predictions = labels + rng.normal(0, 1.5, 1500)
+    assert tasks["sts"].metric(predictions, labels) == pytest.approx(
+        pearsonr(predictions, labels)[0], abs=1e-12)
+
+
 def test_prediction_files_have_the_skeletons_format(tasks, tmp_path):
     path = tmp_path / "sst-dev-output.csv"
     write_predictions(path, tasks["sst"], ["a1", "b2"], np.array([3.0, 0.0]))

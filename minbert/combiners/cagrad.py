@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 
 from minbert.combiners import COMBINERS
 from minbert.combiners.gram import GramCombiner
@@ -27,6 +26,8 @@ def cagrad_weights(gram: np.ndarray, c: float) -> np.ndarray:
     scales every term of the dual by s²), so the dual is solved on the Gram matrix divided
     by its mean diagonal: its objective is of order one whatever the gradients' norms, and
     SLSQP's tolerances mean the same at any scale."""
+    from scipy.optimize import minimize  # here: scipy.optimize costs ~0.5 s to import
+
     tasks = gram.shape[0]
     scale = np.trace(gram) / tasks
     if not np.isfinite(scale) or scale <= 0:  # every gradient zero: nothing to combine
