@@ -104,8 +104,13 @@ def _predictor(args, folders):
         resolve_device(args.device, "--device")
     predictor = Predictor([load_run(folder) for folder in folders], args.device,
                           args.precision)
-    print(f"device {predictor.device}, precision {predictor.precision}"
-          + (f", ensemble of {len(folders)} runs" if len(folders) > 1 else ""),
+    counts = {name: len(owners) for name, owners in predictor.members.items()}
+    shown = ""
+    if len(folders) > 1:
+        shown = f", ensemble of {len(folders)} runs"
+        if any(n != len(folders) for n in counts.values()):  # members with other tasks
+            shown += f" ({', '.join(f'{name}: {n}' for name, n in counts.items())})"
+    print(f"device {predictor.device}, precision {predictor.precision}{shown}",
           file=sys.stderr)
     return predictor
 
@@ -127,8 +132,9 @@ def cmd_evaluate(args):
         writable_folder(check_run_folder(members[0]).path, "run")
     out = _evaluation_folder(args) if args.out else None
     predictor = _predictor(args, args.run_dirs)
-    config, metrics, predictions = predictor.runs[0].config, {}, {}
+    metrics, predictions = {}, {}
     for name, task in predictor.tasks.items():
+        config = predictor.members[name][0].config  # the data of the first run with the task
         examples = read_split(config, task, "dev")
         if examples is None:
             continue
@@ -144,10 +150,25 @@ def cmd_evaluate(args):
     if out is not None:  # an evaluation folder that compare and report read like a run's
         record = {"members": members,
                   "precision": predictor.precision, "dev": metrics}
-        write_evaluation(out, {**config.to_dict(), "run_dir": str(out)}, record,
+        write_evaluation(out, {**_ensemble_config(predictor), "run_dir": str(out)}, record,
                          predictor.tasks, predictions)
         print(f"wrote {out}: dev predictions, dev-metrics.json (`minbert compare {out} RUN`)")
     return 0
+
+
+def _ensemble_config(predictor) -> dict:
+    """The first member's config with every member's tasks (each task's settings from the
+    first member that has it): what compare and report rebuild an evaluation's tasks from."""
+    config = predictor.runs[0].config.to_dict()
+    config["data"]["tasks"] = list(predictor.tasks)
+    settings = config.setdefault("tasks", {})
+    for name, owners in predictor.members.items():
+        own = owners[0].config.to_dict().get("tasks", {}).get(name)
+        if own is not None:
+            settings[name] = own
+        else:
+            settings.pop(name, None)
+    return config
 
 
 def _evaluation_folder(args) -> Path:
@@ -177,9 +198,9 @@ def cmd_predict(args):
     # RUN/leaderboard by default: predictions/ holds what training scored (compare, report)
     out = writable_folder(args.out or folder.path / "leaderboard", "output")
     predictor = _predictor(args, args.run_dirs)
-    config = predictor.runs[0].config
     for split in args.splits:
         for name, task in predictor.tasks.items():
+            config = predictor.members[name][0].config
             file = task.dev_file if split == "dev" else task.test_file
             if not file or not (Path(config.data.dir) / file).is_file():
                 print(f"skip {name} {split}: no file {Path(config.data.dir) / (file or '?')}")

@@ -9,8 +9,9 @@
 Each run keeps its own tokenizer and pair encoding (cross or bi); inputs are tokenised
 once, batched by length and run in the precision rules of training (`auto`: bf16 where
 the hardware computes it natively). An ensemble averages class probabilities (then takes
-the most probable class) and regression scores; its runs must declare the same tasks
-with the same labels.
+the most probable class) and regression scores, each task over the runs that have it
+(so one multi-task model and single-task specialists can form one ensemble); runs that
+share a task must declare it with the same labels.
 """
 from __future__ import annotations
 
@@ -72,23 +73,26 @@ class Prediction:
 
 
 class Predictor:
+    """One run, or an ensemble of runs. Members may hold different tasks (a multi-task
+    model beside single-task specialists): each task is predicted by the members that
+    have it, and members that share a task must declare it alike."""
+
     def __init__(self, runs: list[LoadedRun], device: str | None = None,
                  precision: str | None = None):
         if not runs:
             raise PredictError("no run to predict with")
         first = runs[0]
-        for run in runs[1:]:
-            if list(run.tasks) != list(first.tasks):
-                raise PredictError(f"{run.folder.path} has tasks {list(run.tasks)}, "
-                                   f"{first.folder.path} has {list(first.tasks)}: an ensemble "
-                                   "needs the same tasks")
+        self.members: dict[str, list[LoadedRun]] = {}  # task: the runs that predict it
+        for run in runs:
             for name, task in run.tasks.items():
-                if task.output_spec() != first.tasks[name].output_spec():
+                owners = self.members.setdefault(name, [])
+                if owners and task.output_spec() != owners[0].tasks[name].output_spec():
                     raise PredictError(
                         f"task {name}: {run.folder.path} declares it as "
-                        f"{task.output_spec()}, {first.folder.path} as "
-                        f"{first.tasks[name].output_spec()} (kind, columns, outputs, labels, "
-                        "range)")
+                        f"{task.output_spec()}, {owners[0].folder.path} as "
+                        f"{owners[0].tasks[name].output_spec()} (kind, columns, outputs, "
+                        "labels, range)")
+                owners.append(run)
         self.runs = runs
         self.device = resolve_device(device or first.config.train.device,
                                      "device" if device else "train.device")
@@ -102,7 +106,8 @@ class Predictor:
 
     @property
     def tasks(self) -> dict:
-        return self.runs[0].tasks
+        """Every member's tasks, in the order the members name them."""
+        return {name: owners[0].tasks[name] for name, owners in self.members.items()}
 
     def check_inputs(self, task: str, inputs) -> list[list[str]]:
         """The inputs as text columns; errors name the task or the (1-based) input. One
@@ -135,7 +140,7 @@ class Predictor:
         spec = self.tasks[task]
         examples = Examples([str(i) for i in range(len(columns[0]))], columns)
         results = []
-        for run in self.runs:
+        for run in self.members[task]:
             data = EncodedTask(task, examples, run.tokenizer, run.model.encodings[task])
             if data.truncated:
                 warnings.warn(f"{data.truncated} of {len(examples)} inputs are longer than "

@@ -386,9 +386,12 @@ def specialist_runs(folder: str | Path) -> dict[str, Path]:
 
 
 def expand_seeds(folders: list[str | Path]) -> list[str]:
-    """Folders with each `--seeds` folder replaced by its seed runs."""
+    """Folders with each `--seeds` folder replaced by its seed runs, and each folder of
+    specialists (`--specialists`) by every specialist's runs."""
     out = []
     for folder in folders:
-        runs = [] if (Path(folder) / "config.json").is_file() else seed_runs(folder)
-        out.extend(map(str, runs) if runs else [str(folder)])
+        parts = list(specialist_runs(folder).values()) or [folder]
+        for part in parts:
+            runs = [] if (Path(part) / "config.json").is_file() else seed_runs(part)
+            out.extend(map(str, runs) if runs else [str(part)])
     return out

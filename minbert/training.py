@@ -413,6 +413,11 @@ class Trainer:
             raise RunError(f"{path}: a checkpoint field does not hold what this minbert wrote "
                            f"({type(e).__name__}: {str(e)[:200]}); use another run_dir or "
                            "--overwrite") from None
+        if self.epoch >= self.config.train.epochs:  # trained: nothing is resumed
+            if self.main:
+                tqdm.write(f"{self.run_dir}: already trained ({self.epoch} of "
+                           f"{self.config.train.epochs} epochs, {self.updates} updates)")
+            return True
         if self.main:
             tqdm.write(f"resuming {path}: epoch {self.epoch + 1}, step {self.step}, "
                        f"{self.updates} updates done")

@@ -76,15 +76,42 @@ def test_an_ensemble_of_one_run_is_the_run_and_of_two_averages(trained):
                                 + second.predict("sts", pairs).scores) / 2, rtol=1e-6)
 
 
-def test_an_ensemble_of_runs_with_other_tasks_is_refused(trained, tmp_path, tiny_checkpoint):
+def test_an_ensemble_of_a_multitask_run_and_a_specialist_averages_the_shared_task(
+        trained, tmp_path, tiny_checkpoint, capsys):
+    """A multi-task model beside a single-task specialist: SST is the mean of both, the
+    other tasks the multi-task model's alone; evaluate --out writes a folder that compare
+    reads with every task; a task declared otherwise by a member is refused."""
+    from minbert.compare import compare_runs
     (tmp_path / "data").mkdir()
-    values = tiny_config_values(write_task_files(tmp_path / "data"), tiny_checkpoint,
-                                tmp_path / "sst-only", epochs=1)
+    values = tiny_config_values(write_task_files(tmp_path / "data", repeat=2), tiny_checkpoint,
+                                tmp_path / "sst-only", epochs=1, seed=1)
     values["data"]["tasks"] = ["sst"]
-    values["tasks"] = {"sst": values["tasks"]["sst"]}
     train(checked_config(values))
-    with pytest.raises(PredictError, match=r"has tasks \['sst'\].*the same tasks"):
-        minbert.load([trained[0], tmp_path / "sst-only"])
+    multi = minbert.load(trained[0], precision="fp32")
+    alone = minbert.load(tmp_path / "sst-only", precision="fp32")
+    both = minbert.load([trained[0], tmp_path / "sst-only"], precision="fp32")
+    assert list(both.tasks) == ["sst", "quora", "sts"]
+    inputs = ["the movie is good", "a great movie", "awful"]
+    np.testing.assert_allclose(both.predict("sst", inputs).probabilities,
+                               (multi.predict("sst", inputs).probabilities
+                                + alone.predict("sst", inputs).probabilities) / 2, rtol=1e-6)
+    pairs = [("a dog runs .", "a cat runs .")]
+    assert np.array_equal(both.predict("sts", pairs).scores, multi.predict("sts", pairs).scores)
+    out = tmp_path / "mixed"
+    assert cli.main(["evaluate", str(tmp_path / "sst-only"), str(trained[0]), "--out",
+                     str(out), "--precision", "fp32"]) == 0
+    assert "ensemble of 2 runs (sst: 2, quora: 1, sts: 1)" in capsys.readouterr().err
+    rows = {row.name: row for row in compare_runs(out, trained[0], 200, 0)}
+    assert set(rows) == {"sst", "quora", "sts", "overall"}
+    assert rows["quora"].difference == 0 and rows["sts"].difference == 0
+    # a member whose SST has other labels cannot join
+    values = tiny_config_values(tmp_path / "data", tiny_checkpoint, tmp_path / "sst-6",
+                                epochs=1)
+    values["data"]["tasks"] = ["sst"]
+    values["tasks"]["sst"]["num_classes"] = 6
+    train(checked_config(values))
+    with pytest.raises(PredictError, match="task sst: .*sst-6 declares it as"):
+        minbert.load([trained[0], tmp_path / "sst-6"])
 
 
 def test_bad_inputs_get_their_messages(trained):

@@ -114,14 +114,19 @@ def test_a_finished_run_without_its_checkpoint_is_not_overwritten(run_copy, caps
     assert before == {name: (run / name).read_bytes() for name in before}
 
 
-def test_a_finished_run_logs_its_final_record_once(run_copy):
-    """Dev-selected too: the chosen epoch's dev scores, once, also when run again."""
+def test_a_finished_run_logs_its_final_record_once(run_copy, capsys):
+    """Dev-selected too: the chosen epoch's dev scores, once, also when run again; run again,
+    a finished run is read, not "resumed" (no resume record, no "resuming ... epoch 2")."""
     run, values = run_copy
     final = RunFolder(run).final_record()
     best = load_state(run / "best.pt", ("metrics",))
     assert final["dev"] == best["metrics"] and final["selected_epoch"] == best["epoch"] == 1
-    assert train(checked_config(values)) == best["metrics"]  # finished: resumed, nothing to do
-    assert (run / "log.jsonl").read_text().count('"type": "final"') == 1
+    log = (run / "log.jsonl").read_text()
+    capsys.readouterr()
+    assert train(checked_config(values)) == best["metrics"]  # finished: nothing to do
+    assert (run / "log.jsonl").read_text() == log
+    out = capsys.readouterr().out
+    assert "already trained (1 of 1 epochs" in out and "resuming" not in out
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_again(run_copy):
@@ -327,3 +332,17 @@ def test_finished_seeds_without_checkpoints_are_read_not_retrained_or_cleared(
         train(seed_0)
     assert (tmp_path / "a" / "seed-0" / "predictions").is_dir()
     assert RunFolder(tmp_path / "a" / "seed-0").final_record()["dev"] == finals["0"]
+
+
+def test_a_specialists_folder_expands_to_every_specialists_runs(tmp_path):
+    """evaluate, predict and minbert.load read RUN (a --specialists folder) as the
+    ensemble of all its specialists' runs: seeds folders by their seeds, runs as they are."""
+    from minbert.runs import expand_seeds
+    for part in ("specialist-sst/seed-0", "specialist-sst/seed-1", "specialist-sts"):
+        (tmp_path / "spec" / part).mkdir(parents=True)
+        (tmp_path / "spec" / part / "config.json").write_text("{}")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "config.json").write_text("{}")
+    assert expand_seeds([tmp_path / "one", tmp_path / "spec"]) == [
+        str(tmp_path / "one"), str(tmp_path / "spec/specialist-sst/seed-0"),
+        str(tmp_path / "spec/specialist-sst/seed-1"), str(tmp_path / "spec/specialist-sts")]
