@@ -1,12 +1,15 @@
 """Training steps with glibc's default allocator settings against `keep_freed_memory()`.
 
 The quick preset's trainer (MiniLM, bf16 autocast where `auto` picks it), the same batches
-in every block, blocks alternating between glibc's defaults (large blocks mapped afresh
-and unmapped when freed) and memory kept for reuse (minbert.devices.keep_freed_memory,
-which training and scoring call on a CPU). Prints ms a step and page faults a step for
-each, and the ratio, in one process. Linux with glibc only.
+in every block (or, with --varied, each pair of blocks the epoch's next batches, as a run
+meets them), blocks in pairs whose order alternates (AB, BA, ...) between glibc's defaults
+(large blocks mapped afresh and unmapped when freed) and memory kept for reuse
+(minbert.devices.keep_freed_memory, which training calls on a CPU). Prints ms a step and
+page faults a step for each, the ratio, and the paired 95% interval of the time saved, in
+one process. Linux with glibc only.
 
     python benchmarks/allocator.py [--config configs/quick.toml] [--steps 15] [--blocks 10]
+        [--varied]
 """
 import argparse
 import ctypes
@@ -20,6 +23,7 @@ from minbert.build import build_plan, encode_train
 from minbert.config import load_config
 from minbert.devices import keep_freed_memory, machine_summary
 from minbert.loading import build_model
+from minbert.stats import mean_interval
 from minbert.training import Trainer
 
 # glibc's defaults (mallopt(3)): at most 65,536 mmapped blocks, trim above 128 KiB free
@@ -37,6 +41,8 @@ def main():
     parser.add_argument("--config", default="configs/quick.toml")
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--blocks", type=int, default=10)
+    parser.add_argument("--varied", action="store_true",
+                        help="each block the next steps of the epoch, not the same ones")
     args = parser.parse_args()
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         raise SystemExit("Linux with glibc only")
@@ -49,10 +55,11 @@ def main():
         train_sets, validation_sets, counts = encode_train(config, plan.tasks, tokenizer)
         trainer = Trainer(plan, model, train_sets, {}, counts, validation_sets)
         print(f"machine: {machine_summary()}")
-        print(f"{args.config}: {trainer.precision}; steps 5-{4 + args.steps} of epoch 1 in "
-              f"every block, {args.blocks} blocks alternating\n")
+        which = ("the epoch's next steps in each block" if args.varied else
+                 f"steps 5-{4 + args.steps} of epoch 1 in every block")
+        print(f"{args.config}: {trainer.precision}; {which}, {args.blocks} blocks of "
+              f"{args.steps} steps, alternating\n")
         steps = trainer._plan(0)
-        block = steps[5:5 + args.steps]
         window = {"tokens": 0, "slots": 0, "examples": 0, "time": 0.0, "loss": {}}
         trainer.model.train()
         for step in steps[:5]:  # warm-up
@@ -60,11 +67,16 @@ def main():
             trainer.update()
         results = {"glibc defaults": [], "freed memory kept": []}
         for b in range(args.blocks):
-            mode = list(results)[b % 2]
-            if b % 2:
+            # pairs of blocks over the same steps, the order turning each pair (AB, BA, ...)
+            pair, second = divmod(b, 2)
+            kept = bool(second) != bool(pair % 2)
+            mode = list(results)[kept]
+            if kept:
                 assert keep_freed_memory()
             else:
                 glibc_defaults(libc)
+            first = 5 + (pair * args.steps if args.varied else 0)
+            block = [steps[i % len(steps)] for i in range(first, first + args.steps)]
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             for step in block:
@@ -83,8 +95,10 @@ def main():
               f"{sum(f for _, f in rows) / len(rows):9.0f} faults/step")
     pairs = list(zip(results["glibc defaults"], results["freed memory kept"]))
     faster = sum(kept < default for (default, _), (kept, _) in pairs)
+    saved = mean_interval([(default - kept) * 1000 for (default, _), (kept, _) in pairs])
     print(f"kept / defaults: {means['freed memory kept'] / means['glibc defaults']:.3f} of the "
-          f"time a step; faster in {faster} of {len(pairs)} block pairs")
+          f"time a step; faster in {faster} of {len(pairs)} block pairs; saved a step "
+          f"{saved['mean']:.1f} ms [{saved['low']:.1f}, {saved['high']:.1f}] (95%, paired)")
 
 
 if __name__ == "__main__":

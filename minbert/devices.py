@@ -113,12 +113,15 @@ def keep_freed_memory() -> bool:
     """Lets this process reuse the memory it frees instead of handing it back to the
     kernel (Linux with glibc; elsewhere nothing changes). glibc serves a block above its
     mmap threshold (which never exceeds 32 MB; MiniLM's word-embedding gradient is 47 MB)
-    with a fresh mmap and unmaps it when freed, so every training step paid page faults
-    and the zeroing of fresh pages for its big tensors again (about 20,000 faults a step
-    for MiniLM on a CPU, 1,500 with this: benchmarks/train_speed.py). The
-    same idea as running under jemalloc or tcmalloc, which PyTorch's CPU performance
-    guides recommend; memory a run has used stays reserved until it exits. Called by
-    training and scoring on a CPU (again is harmless); True when the setting took effect."""
+    with a fresh mmap and unmaps it when freed, so every training step faulted in and
+    zeroed fresh pages for its big tensors (about 22,000 page faults a step for MiniLM on
+    a CPU, 2,800 with this: benchmarks/allocator.py, where the step time measured 0.94 to
+    0.96x, within that machine's noise). The same idea as running under jemalloc or
+    tcmalloc, which PyTorch's CPU performance guides recommend; memory a process has used
+    stays reserved until it exits, so it is called where the process is a run's: the
+    Trainer, MLM pretraining, and the evaluate and predict commands (not minbert.load,
+    which lives in the user's process). Calling it again is harmless; True when the
+    setting took effect."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -7,7 +7,7 @@ import torch
 
 from minbert import distributed
 from minbert.data import EncodedTask
-from minbert.devices import inference_weights, keep_freed_memory
+from minbert.devices import inference_weights
 from minbert.progress import Progress
 from minbert.tasks import Task
 
@@ -26,8 +26,6 @@ def outputs(model, task: Task, data: EncodedTask, batch_size: int, device,
     order; batches sorted by length (little padding), under `autocast_dtype` (None: fp32)."""
     was_training = model.training
     model.eval()
-    if torch.device(device).type == "cpu":
-        keep_freed_memory()
     out = torch.zeros(len(data), task.num_outputs, dtype=torch.float64)
     batches = list(data.sorted_batches(batch_size))
     mine = batches[distributed.rank()::distributed.world_size()]  # DDP: a share
