@@ -466,9 +466,6 @@ def main(argv: list[str] | None = None) -> int:
     from minbert.runs import RunError
     from minbert.training import TrainingError
     from minbert.tuning.space import TuneError
-    if args.command in ("evaluate", "predict"):  # our process (training: the Trainer's)
-        from minbert.devices import keep_freed_memory
-        keep_freed_memory()
     try:
         return args.func(args)
     except (ConfigKeyError, DataError, CheckpointError, CompareError, OnnxExportError,

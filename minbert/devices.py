@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import json
 import os
 import platform
@@ -103,32 +102,6 @@ def resolve_precision(name: str, device: torch.device, model: nn.Module | None =
     if speedup >= MIN_GAIN:
         return torch.bfloat16, f"bf16 autocast (auto: {what} measured {speedup:.2f}x fp32 here)"
     return None, f"fp32 (auto: bf16 {what} measured {speedup:.2f}x fp32 here)"
-
-
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-
-
-def keep_freed_memory() -> bool:
-    """Lets this process reuse the memory it frees instead of handing it back to the
-    kernel (Linux with glibc; elsewhere nothing changes). glibc serves a block above its
-    mmap threshold (which never exceeds 32 MB; MiniLM's word-embedding gradient is 47 MB)
-    with a fresh mmap and unmaps it when freed, so every training step faulted in and
-    zeroed fresh pages for its big tensors (about 22,000 page faults a step for MiniLM on
-    a CPU, 2,800 with this: benchmarks/allocator.py, where the step time measured 0.94 to
-    0.96x, within that machine's noise). The same idea as running under jemalloc or
-    tcmalloc, which PyTorch's CPU performance guides recommend; memory a process has used
-    stays reserved until it exits, so it is called where the process is a run's: the
-    Trainer, MLM pretraining, and the evaluate and predict commands (not minbert.load,
-    which lives in the user's process). Calling it again is harmless; True when the
-    setting took effect."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError):
-        return False
 
 
 @contextlib.contextmanager

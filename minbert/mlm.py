@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from minbert.config import RunConfig, flatten
 from minbert.data import DataError
-from minbert.devices import keep_freed_memory, measured_shape, resolve_device, resolve_precision
+from minbert.devices import measured_shape, resolve_device, resolve_precision
 from minbert.model import ACTIVATIONS, BertModel
 from minbert.optim import adamw, linear_schedule, param_groups
 from minbert.progress import Progress
@@ -244,8 +244,6 @@ class Pretrainer:
         self.train_set = [encoded[i] for i in sorted(order[held:])]
         self.encoder.to(self.device).train()
         self.head.to(self.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
         self.autocast, self.precision = resolve_precision(
             self.settings.precision, self.device, self.encoder,
             measured_shape(self.settings.batch_size, self.settings.max_length))

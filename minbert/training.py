@@ -20,7 +20,7 @@ from minbert import distributed
 from minbert.build import Plan, build_plan, encode_split, encode_train
 from minbert.config import RunConfig
 from minbert.data import EncodedTask
-from minbert.devices import keep_freed_memory, machine_summary, measured_shape, resolve_precision
+from minbert.devices import machine_summary, measured_shape, resolve_precision
 from minbert.evaluation import evaluate, format_table, overall_score
 from minbert.loading import build_model, start_from_run
 from minbert.multitask import MultiTaskModel
@@ -86,8 +86,6 @@ class Trainer:
         self.device = plan.device
         cfg = self.config.train
         distributed.init_from_env(self.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()
         self.main = distributed.is_main()  # only rank 0 writes the run folder
         self.model.to(self.device)
         # measured on rank 0 (the others would share its cores), the same on every rank

@@ -191,30 +191,3 @@ def test_timing_steps_leaves_the_model_and_the_rng_as_they_were(tiny_checkpoint)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
 
-
-def test_freed_memory_is_reused_instead_of_faulted_in_again():
-    """After keep_freed_memory, a big tensor freed and allocated again reuses the pages: the
-    second allocation costs few page faults (glibc would map, fault and zero fresh ones)."""
-    import platform
-    import subprocess
-    import sys
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc only")
-    script = """
-import resource, sys, torch
-from minbert.devices import keep_freed_memory
-if sys.argv[1] == "keep":
-    assert keep_freed_memory()
-def faults():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.ones(64 << 18)  # 64 MB, written, then freed
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults()
-print(faults())
-"""
-    pages = (64 << 20) // 4096
-    counts = {mode: int(subprocess.run([sys.executable, "-c", script, mode], check=True,
-                                       capture_output=True, text=True).stdout)
-              for mode in ("keep", "default")}
-    assert counts["default"] > pages // 2  # glibc maps the block afresh each time
-    assert counts["keep"] < pages // 20
