@@ -6,9 +6,9 @@ meets them), blocks in pairs whose order alternates (AB, BA, ...) between glibc'
 (large blocks mapped afresh and unmapped when freed) and memory kept for reuse (mallopt:
 no mmap for large blocks, no trimming; what jemalloc or tcmalloc would give). minbert does
 not set this (measured here: far fewer page faults, a step time not distinguishable, and
-glibc falls back to mmap when the heap cannot grow, so the effect is not assured). Prints ms a step and
-page faults a step for each, the ratio, and the paired 95% interval of the time saved, in
-one process. Linux with glibc only.
+glibc falls back to mmap when the heap cannot grow, so the effect is not assured). Prints
+ms a step and page faults a step for each, the ratio, and the paired 95% interval of the
+time saved, in one process. Linux with glibc only.
 
     python benchmarks/allocator.py [--config configs/quick.toml] [--steps 15] [--blocks 10]
         [--varied]
@@ -49,7 +49,7 @@ def main():
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--blocks", type=int, default=10)
     parser.add_argument("--varied", action="store_true",
-                        help="each block the next steps of the epoch, not the same ones")
+                        help="each pair of blocks the epoch's next steps, not the same ones")
     args = parser.parse_args()
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         raise SystemExit("Linux with glibc only")

@@ -94,6 +94,8 @@ class Predictor:
                         "labels, range)")
                 owners.append(run)
         self.runs = runs
+        # every member's tasks, in the order the members name them
+        self.tasks = {name: owners[0].tasks[name] for name, owners in self.members.items()}
         self.device = resolve_device(device or first.config.train.device,
                                      "device" if device else "train.device")
         encoder = getattr(first.model, "encoder", None)  # None: an ONNX graph (fp32)
@@ -103,11 +105,6 @@ class Predictor:
             training=False)
         for run in runs:
             run.model.to(self.device).eval()
-
-    @property
-    def tasks(self) -> dict:
-        """Every member's tasks, in the order the members name them."""
-        return {name: owners[0].tasks[name] for name, owners in self.members.items()}
 
     def check_inputs(self, task: str, inputs) -> list[list[str]]:
         """The inputs as text columns; errors name the task or the (1-based) input. One

@@ -190,4 +190,3 @@ def test_timing_steps_leaves_the_model_and_the_rng_as_they_were(tiny_checkpoint)
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
-
