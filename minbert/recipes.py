@@ -36,12 +36,14 @@ def seeds(plan: Plan, seed_list: list[int], overwrite: bool = False) -> int:
     """A run per seed (RUN/seed-N), then their mean, spread and interval."""
     result = train_seeds(plan.config, seed_list, overwrite=overwrite)
     if launched_as_main():
-        print(f"\n{len(seed_list)} seeds ({plan.config.run_dir}/seeds.json): mean, standard "
-              "deviation and 95% interval of the mean")
+        spread = len(seed_list) > 1  # one seed: no spread, no interval (not "± nan")
+        print(f"\n{len(seed_list)} seed{'s' if spread else ''} ({plan.config.run_dir}/seeds.json): "
+              + ("mean, standard deviation and 95% interval of the mean" if spread else
+                 "its dev scores (more seeds give a spread and an interval)"))
         for key, s in result["summary"].items():
             metric = plan.tasks[key].metric_name if key in plan.tasks else ""
-            print(f"{key:<10}{metric:<10}{s['mean']:>8.4f} ± {s['std']:.4f}   "
-                  f"[{s['low']:.4f}, {s['high']:.4f}]")
+            print(f"{key:<10}{metric:<10}{s['mean']:>8.4f}" + (
+                f" ± {s['std']:.4f}   [{s['low']:.4f}, {s['high']:.4f}]" if spread else ""))
     return 0
 
 

@@ -270,6 +270,8 @@ class Trainer:
         if scale != 1.0:
             for group in self.optimizer.param_groups:
                 group["lr"] *= scale
+        for regularizer in self.regularizers:
+            regularizer.before_step(self.model, self.optimizer)
         self.optimizer.step()
         if scale != 1.0:
             for group in self.optimizer.param_groups:

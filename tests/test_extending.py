@@ -175,7 +175,7 @@ def test_the_new_methods_options_are_checked_from_their_signatures(plugin):
     with pytest.raises(ConfigKeyError, match="regularizers.logit-penalty: logit-penalty takes "
                                              "no option 'lambda'; it takes weight"):
         checked_config({"regularizers": {"logit-penalty": {"lambda": 1}}})
-    with pytest.raises(ConfigKeyError, match="regularizers = 'l3'; use one of distill, "
+    with pytest.raises(ConfigKeyError, match="regularizers = 'l3'; use one of anchor, distill, "
                                              "logit-penalty, smart"):
         checked_config({"regularizers": {"l3": {}}})
 

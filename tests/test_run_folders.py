@@ -243,6 +243,13 @@ def test_seeds_train_one_run_each_and_summarise_them(tmp_path, tiny_checkpoint, 
                         parse_constant=lambda c: pytest.fail(f"{c} in seeds.json"))
     assert strict["summary"]["overall"]["std"] is None
     log = (tmp_path / "runs" / "seed-0" / "log.jsonl").read_text()
+    from minbert.build import build_plan
+    from minbert.recipes import seeds
+    capsys.readouterr()
+    assert seeds(build_plan(config), [0]) == 0  # finished: read, and its scores printed
+    printed = capsys.readouterr().out
+    assert "1 seed (" in printed and "nan" not in printed and "±" not in printed
+    assert f"{first['summary']['overall']['mean']:.4f}" in printed
     # "killed between seeds": the same command with more seeds trains only the new ones
     result = train_seeds(config, [0, 1, 2])
     assert (tmp_path / "runs" / "seed-0" / "log.jsonl").read_text().startswith(log)

@@ -1,7 +1,8 @@
 """Regularisers: extra loss terms for a task's batch (SMART lives here). The trainer calls
 `start(total_updates)` once before training, `regularizer(model, task, batch, logits)`
-for each task's batch (adding the result to that task's loss), and `after_step(model)`
-after each optimizer update.
+for each task's batch (adding the result to that task's loss), `before_step(model,
+optimizer)` just before each optimizer update (the groups' lr are that update's) and
+`after_step(model)` after it.
 
 A new regulariser is one module: a subclass registered with `@REGULARIZERS.register`,
 whose constructor arguments are its options (and, by name, `tasks` and `seed` if it needs
@@ -26,6 +27,9 @@ class Regularizer:
     def start(self, total_updates: int) -> None:
         """Called once before training (also when it resumes) with the run's update count."""
 
+    def before_step(self, model, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
     def after_step(self, model) -> None:
         pass
 
@@ -36,4 +40,4 @@ class Regularizer:
         pass
 
 
-from minbert.regularizers import distill, smart  # noqa: E402,F401  (registers the built-ins)
+from minbert.regularizers import anchor, distill, smart  # noqa: E402,F401  (registers the built-ins)

@@ -1,0 +1,82 @@
+"""The anchor regulariser: decay towards the weights training started from."""
+import pytest
+import torch
+from torch import nn
+
+from minbert.build import checked_config
+from minbert.config import ConfigKeyError
+from minbert.regularizers.anchor import Anchor
+from minbert.training import train
+
+from helpers import tiny_config_values, write_task_files
+
+
+class _Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(3, 3)
+        self.heads = nn.Linear(3, 1)
+
+
+def test_the_pull_is_lr_times_weight_towards_the_first_steps_weights_and_spares_the_heads():
+    torch.manual_seed(0)
+    model = _Model()
+    optimizer = torch.optim.SGD([{"params": model.encoder.parameters(), "lr": 0.1},
+                                 {"params": model.heads.parameters(), "lr": 0.1}])
+    anchor = Anchor(weight=5.0)  # lerp 0.1 · 5 = ½ of the way back each update
+    start = [p.detach().clone() for p in model.encoder.parameters()]
+    anchor.before_step(model, optimizer)  # captures θ₀; nothing to pull yet
+    assert all(torch.equal(p, a) for p, a in zip(model.encoder.parameters(), start))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    heads = [p.detach().clone() for p in model.heads.parameters()]
+    anchor.before_step(model, optimizer)
+    for p, a in zip(model.encoder.parameters(), start):
+        torch.testing.assert_close(p, a + 0.5)
+    assert all(torch.equal(p, h) for p, h in zip(model.heads.parameters(), heads))
+
+    optimizer.param_groups[0]["lr"] = 0.0  # the schedule at zero: no pull
+    anchor.before_step(model, optimizer)
+    for p, a in zip(model.encoder.parameters(), start):
+        torch.testing.assert_close(p, a + 0.5)
+
+    restored = Anchor(weight=5.0)  # a resumed run pulls towards the same θ₀
+    restored.load_state_dict(anchor.state_dict())
+    optimizer.param_groups[0]["lr"] = 0.1
+    restored.before_step(model, optimizer)
+    for p, a in zip(model.encoder.parameters(), start):
+        torch.testing.assert_close(p, a + 0.25)
+
+
+def test_a_bad_weight_is_refused_by_name():
+    with pytest.raises((ValueError, ConfigKeyError), match="regularizers.anchor.weight"):
+        checked_config({"regularizers": {"anchor": {"weight": -1}}})
+
+
+@pytest.mark.slow
+def test_a_full_pull_keeps_the_encoder_one_update_from_where_it_started(tmp_path,
+                                                                       tiny_checkpoint):
+    """lr · weight ≥ 1 puts the encoder back at θ₀ before every update: after training it
+    is one AdamW step (≤ lr per weight, plus decay) from θ₀, while a run without the
+    anchor moves it further; the checkpoint keeps θ₀ for a resume."""
+    (tmp_path / "data").mkdir()
+    data = write_task_files(tmp_path / "data")
+
+    def encoder(run):
+        state = torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)
+        return state, {k: v for k, v in state["model"].items() if k.startswith("encoder.")}
+
+    plain = tiny_config_values(data, tiny_checkpoint, tmp_path / "plain", epochs=2, lr=1e-2)
+    anchored = tiny_config_values(data, tiny_checkpoint, tmp_path / "anchored", epochs=2,
+                                  lr=1e-2)
+    anchored["regularizers"] = {"anchor": {"weight": 1e4}}
+    train(checked_config(plain))
+    train(checked_config(anchored))
+    state, weights = encoder("anchored")
+    start = state["regularizers"][0]["anchors"]
+    assert len(start) == len(weights)
+    moved = max((w - a).abs().max().item() for w, a in zip(weights.values(), start))
+    _, plain_weights = encoder("plain")
+    plain_moved = max((w - a).abs().max().item() for w, a in zip(plain_weights.values(), start))
+    assert 0 < moved <= 1e-2 * 1.05 < plain_moved
