@@ -211,6 +211,11 @@ def export_bi_encoder(model, config, task, out: str | Path, metrics: dict | None
             f"export --task {name}: sentence-transformers pools the last layer by its mean "
             f"or [CLS]; this run's {name} head reads {pooling} pooling of the top {layers} "
             "layer(s); use the full export with minbert.load")
+    if model.heads[name].projection is not None:
+        raise ValueError(
+            f"export --task {name}: this run's {name} head maps each sentence vector through "
+            f"its own linear layer (tasks.{name}.projection) before the cosine, which this "
+            "export does not write; use the full export with minbert.load")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     encoder = model.encoder

@@ -41,14 +41,25 @@ class ConcatPairHead(nn.Module):
 
 
 class CosinePairHead(nn.Module):
-    """Bi-encoded pair scored by cosine similarity, scaled into a logit (learned affine)."""
+    """Bi-encoded pair scored by cosine similarity, scaled into a logit (learned affine).
+    With `projection` (the sentence vectors' width), each vector first goes through the
+    task's own linear map, the identity at the start: the cosine is taken in a space the
+    task can reshape without moving the encoder that other tasks share."""
 
-    def __init__(self):
+    def __init__(self, projection: int = 0):
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(5.0))
         self.shift = nn.Parameter(torch.tensor(-2.5))
+        self.projection = None
+        if projection:
+            self.projection = nn.Linear(projection, projection)
+            with torch.no_grad():
+                self.projection.weight.copy_(torch.eye(projection))
+                self.projection.bias.zero_()
 
     def forward(self, u, v):
+        if self.projection is not None:
+            u, v = self.projection(u), self.projection(v)
         return (self.scale * F.cosine_similarity(u, v, dim=-1) + self.shift).unsqueeze(-1)
 
 
@@ -91,12 +102,18 @@ class MultiTaskModel(nn.Module):
         heads = {}
         for name, task in tasks.items():
             encoding = self.encodings[name]
+            if task.projection and not (encoding in ("bi", "both") and task.cosine_pair_head
+                                        and similarity_head == "cosine"):
+                raise ValueError(f"tasks.{name}.projection: only a pair scored by cosine "
+                                 f"has one; {name} is {encoding}-encoded"
+                                 + ("" if encoding not in ("bi", "both") else
+                                    f" with the {similarity_head} head"))
             width = encoder.config.hidden_size * self.poolings[name][1]
             if encoding in ("single", "cross", "both"):
                 heads[name] = LinearHead(width, task.num_outputs, head_dropout)
             if encoding in ("bi", "both"):
                 if task.cosine_pair_head and similarity_head == "cosine":
-                    pair = CosinePairHead()
+                    pair = CosinePairHead(width if task.projection else 0)
                 else:
                     pair = ConcatPairHead(width, task.num_outputs, head_dropout)
                 heads[name] = pair if encoding == "bi" else BothPairHead(heads[name], pair)

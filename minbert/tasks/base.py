@@ -39,6 +39,8 @@ class Task:
     epochs: float | None = None    # train on this task for the run's first N epochs (a
                                    # fraction: that share of the last one); None: all of them
     lr_scale: float = 1.0          # the learning rate of updates drawn from this task, scaled
+    projection: bool = False       # a pair scored by cosine: a learned linear map (the
+                                   # identity at first) on each sentence vector before it
 
     kind = ""                    # the name a config gives: kind = "classification"
     metric_name = "metric"
@@ -116,6 +118,8 @@ class Task:
         if self.pooling == "pooler" and self.pool_layers != 1:
             raise ValueError(f"{where}.pool_layers: the pooler reads the last layer only; "
                              "use pooling = \"mean\" or \"cls\" to concatenate layers")
+        if not isinstance(self.projection, bool):
+            raise ValueError(f"{where}.projection: true or false, got {self.projection!r}")
         weight = self.loss_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
                 or not math.isfinite(weight) or weight < 0:

@@ -1,4 +1,5 @@
-"""The anchor regulariser: decay towards the weights training started from."""
+"""Levers for one multi-task model: the anchor regulariser (decay towards the starting
+weights) and a cosine head's own projection."""
 import pytest
 import torch
 from torch import nn
@@ -55,8 +56,8 @@ def test_a_bad_weight_is_refused_by_name():
 
 
 @pytest.mark.slow
-def test_a_full_pull_keeps_the_encoder_one_update_from_where_it_started(tmp_path,
-                                                                       tiny_checkpoint):
+def test_a_full_pull_keeps_the_encoder_one_update_from_where_it_started(
+        tmp_path, tiny_checkpoint):
     """lr · weight ≥ 1 puts the encoder back at θ₀ before every update: after training it
     is one AdamW step (≤ lr per weight, plus decay) from θ₀, while a run without the
     anchor moves it further; the checkpoint keeps θ₀ for a resume."""
@@ -80,3 +81,34 @@ def test_a_full_pull_keeps_the_encoder_one_update_from_where_it_started(tmp_path
     _, plain_weights = encoder("plain")
     plain_moved = max((w - a).abs().max().item() for w, a in zip(plain_weights.values(), start))
     assert 0 < moved <= 1e-2 * 1.05 < plain_moved
+
+
+def test_a_cosine_heads_projection_starts_as_the_identity_and_is_refused_elsewhere(
+        tmp_path, tiny_checkpoint):
+    from minbert.build import build_plan
+    from minbert.loading import build_model
+    (tmp_path / "data").mkdir()
+    values = tiny_config_values(write_task_files(tmp_path / "data"), tiny_checkpoint,
+                                tmp_path / "run")
+    values["tasks"]["sts"]["pair_encoding"] = "bi"
+    plain = build_plan(checked_config(values))
+    values["tasks"]["sts"]["projection"] = True
+    projected = build_plan(checked_config(values))
+    torch.manual_seed(0)
+    a, _ = build_model(plain.config, plain.tasks)
+    b, _ = build_model(projected.config, projected.tasks)
+    b.load_state_dict(a.state_dict(), strict=False)  # the same encoder and affine
+    u, v = torch.randn(4, 32), torch.randn(4, 32)
+    assert torch.equal(b.heads["sts"](u, v), a.heads["sts"](u, v))
+    with torch.no_grad():
+        b.heads["sts"].projection.weight[0, 1] = 1.0
+    assert not torch.equal(b.heads["sts"](u, v), a.heads["sts"](u, v))
+    values["tasks"]["quora"]["projection"] = True  # cross-encoded: no cosine to project
+    bad = build_plan(checked_config(values))
+    with pytest.raises(ValueError, match="tasks.quora.projection: only a pair scored by "
+                                         "cosine has one; quora is cross-encoded"):
+        build_model(bad.config, bad.tasks)
+    values["tasks"]["quora"]["projection"] = "yes"
+    with pytest.raises((ValueError, ConfigKeyError), match="tasks.quora.projection: true or "
+                                                           "false"):
+        checked_config(values)
