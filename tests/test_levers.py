@@ -112,3 +112,29 @@ def test_a_cosine_heads_projection_starts_as_the_identity_and_is_refused_elsewhe
     with pytest.raises((ValueError, ConfigKeyError), match="tasks.quora.projection: true or "
                                                            "false"):
         checked_config(values)
+
+
+@pytest.mark.slow
+def test_a_projected_cosine_head_survives_the_full_export_and_is_refused_alone(
+        tmp_path, tiny_checkpoint, capsys):
+    import numpy as np
+
+    import minbert
+    from minbert import cli
+    (tmp_path / "data").mkdir()
+    values = tiny_config_values(write_task_files(tmp_path / "data"), tiny_checkpoint,
+                                tmp_path / "run", epochs=1, lr=1e-2, head_lr=5e-2)
+    values["tasks"]["sts"].update(pair_encoding="bi", projection=True)
+    train(checked_config(values))
+    from minbert.loading import load_run
+    weight = load_run(tmp_path / "run").model.heads["sts"].projection.weight.detach()
+    assert not torch.equal(weight, torch.eye(weight.shape[0]))  # it trained
+    assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
+    pairs = [("a dog runs .", "a cat runs ."), ("a man plays guitar .", "the cat sits .")]
+    ours = minbert.load(tmp_path / "run", precision="fp32").predict("sts", pairs)
+    exported = minbert.load(tmp_path / "out", precision="fp32").predict("sts", pairs)
+    np.testing.assert_allclose(exported.values, ours.values, rtol=1e-6)
+    capsys.readouterr()
+    assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "st"), "--task",
+                     "sts"]) == 2
+    assert "tasks.sts.projection" in capsys.readouterr().err
