@@ -127,11 +127,17 @@ def cmd_evaluate(args):
     from minbert.runs import expand_seeds, write_text_atomic, writable_folder
     from minbert.tasks import read_split
     members = expand_seeds(args.run_dirs)
-    single = len(members) == 1
+    single = len(members) == 1 and not args.average
     if single:  # its dev-metrics.json goes into the run folder
         writable_folder(check_run_folder(members[0]).path, "run")
+    if args.average and not args.out:
+        raise ValueError("--average writes the averaged model into --out FOLDER; give one")
     out = _evaluation_folder(args) if args.out else None
-    predictor = _predictor(args, args.run_dirs)
+    scored = args.run_dirs
+    if args.average:  # one model, the members' mean weights (minbert/soup.py), scored alone
+        from minbert.soup import write_average
+        scored = [str(write_average(out, members).path)]
+    predictor = _predictor(args, scored)
     metrics, predictions = {}, {}
     for name, task in predictor.tasks.items():
         config = predictor.members[name][0].config  # the data of the first run with the task
@@ -148,11 +154,13 @@ def cmd_evaluate(args):
         write_text_atomic(Path(members[0]) / "dev-metrics.json",
                           json.dumps(metrics, indent=2) + "\n")
     if out is not None:  # an evaluation folder that compare and report read like a run's
-        record = {"members": members,
+        record = {"members": members, "averaged": bool(args.average),
                   "precision": predictor.precision, "dev": metrics}
         write_evaluation(out, {**_ensemble_config(predictor), "run_dir": str(out)}, record,
                          predictor.tasks, predictions)
-        print(f"wrote {out}: dev predictions, dev-metrics.json (`minbert compare {out} RUN`)")
+        print(f"wrote {out}: " + ("the averaged model (best.pt: predict, export, minbert.load), "
+                                  if args.average else "") +
+              f"dev predictions, dev-metrics.json (`minbert compare {out} RUN`)")
     return 0
 
 
@@ -301,7 +309,8 @@ EXAMPLES = {
     "pretrain": "minbert pretrain --config configs/quick.toml pretrain.epochs=1",
     "tune": "minbert tune --config configs/tune-quick.toml --trials 20 --jobs 2",
     "evaluate": "minbert evaluate runs/quick\n"
-                "  minbert evaluate runs/s/seed-0 runs/s/seed-1 runs/s/seed-2 --out runs/ens",
+                "  minbert evaluate runs/s/seed-0 runs/s/seed-1 runs/s/seed-2 --out runs/ens\n"
+                "  minbert evaluate runs/s --average --out runs/soup      # one model",
     "predict": "minbert predict runs/quick                    # leaderboard files\n"
                "  minbert predict runs/quick --task sst --input reviews.txt --out sst.csv",
     "report": "minbert report runs/quick runs/lean-cpu --out reports/ablation",
@@ -374,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
     for name, func, text in (
             ("evaluate", cmd_evaluate, "dev metrics of a run's best model (several runs: "
-                                       "their ensemble)"),
+                                       "their ensemble, or with --average their mean weights)"),
             ("predict", cmd_predict, "leaderboard prediction files, or predictions on new "
                                      "text with --task and --input")):
         p = _command(sub, name, text)
@@ -387,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help="also write the dev predictions, metrics and config "
                                          "to this folder (an ensemble's, say), for `minbert "
                                          "compare` and `minbert report`")
+            p.add_argument("--average", action="store_true",
+                           help="one model whose weights are the runs' mean (a model soup: "
+                                "alike runs, e.g. seeds), written into --out and scored")
         if name == "predict":
             p.add_argument("--out", help="leaderboard mode: output folder (default "
                                          "RUN_DIR/leaderboard); new text: a .csv, .tsv or "

@@ -260,3 +260,45 @@ def test_an_evaluation_folder_compares_an_ensemble_with_its_members(trained, tmp
     assert cli.main(["evaluate", *map(str, trained), "--out", str(two)]) == 0
     assert cli.main(["evaluate", str(trained[0]), "--out", str(trained[1])]) == 2
     assert "holds a training run" in capsys.readouterr().err
+
+
+def test_averaged_weights_are_one_loadable_model_that_compare_reads(trained, tmp_path,
+                                                                    tiny_checkpoint, capsys):
+    """evaluate --average: OUT holds the mean of the runs' weights as a run that loads,
+    predicts and exports; its dev predictions are the averaged model's; compare reads it;
+    unlike models and a missing --out are refused by name."""
+    from minbert.compare import compare_runs
+    from minbert.loading import load_run
+    from minbert.runs import RunError
+    from minbert.soup import average_weights
+    out = tmp_path / "soup"
+    assert cli.main(["evaluate", str(trained[0]), str(trained[1]), "--average", "--out",
+                     str(out), "--precision", "fp32"]) == 0
+    assert "the averaged model" in capsys.readouterr().out
+    a, b, soup = (load_run(f).model.state_dict() for f in (*trained, out))
+    for name, tensor in soup.items():
+        if tensor.is_floating_point():
+            torch.testing.assert_close(tensor, (a[name] + b[name]) / 2)
+    assert not torch.equal(soup["heads.sst.out.weight"], a["heads.sst.out.weight"])
+    model = minbert.load(out, precision="fp32")
+    inputs = ["the movie is good", "awful"]
+    logged = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert logged["averaged"] is True and logged["members"] == [str(f) for f in trained]
+    rows = {row.name: row for row in compare_runs(out, trained[0], 200, 0)}
+    assert set(rows) == {"sst", "quora", "sts", "overall"}
+    assert cli.main(["export", str(out), str(tmp_path / "export")]) == 0
+    exported = minbert.load(tmp_path / "export", precision="fp32")
+    np.testing.assert_allclose(exported.predict("sst", inputs).values,
+                               model.predict("sst", inputs).values, rtol=1e-6)
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(trained[0]), str(trained[1]), "--average"]) == 2
+    assert "--average writes the averaged model into --out" in capsys.readouterr().err
+    with pytest.raises(RunError, match="give two or more runs"):
+        average_weights([trained[0]])
+    (tmp_path / "data").mkdir()
+    values = tiny_config_values(write_task_files(tmp_path / "data"), tiny_checkpoint,
+                                tmp_path / "bi", epochs=1)
+    values["tasks"]["sts"]["pair_encoding"] = "bi"
+    train(checked_config(values))
+    with pytest.raises(RunError, match="bi and .*run0 differ in their encodings"):
+        average_weights([trained[0], tmp_path / "bi"])
