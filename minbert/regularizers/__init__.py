@@ -6,8 +6,9 @@ optimizer)` just before each optimizer update (the groups' lr are that update's)
 
 A new regulariser is one module: a subclass registered with `@REGULARIZERS.register`,
 whose constructor arguments are its options (and, by name, `tasks` and `seed` if it needs
-them), imported below; minbert/build.py builds the ones a run names. A run switches it on with a table
-`[regularizers.NAME]` holding its options; SMART keeps its own `[smart]` section.
+them), imported below; minbert/build.py builds the ones a run names. A run switches it
+on with a table `[regularizers.NAME]` holding its options; SMART keeps its own `[smart]`
+section.
 """
 from __future__ import annotations
 
