@@ -31,25 +31,26 @@ class Anchor(Regularizer):
             raise ValueError(f"regularizers.anchor.weight: a number ≥ 0, got {weight!r}")
         self.weight = float(weight)
         self.anchors: list[torch.Tensor] | None = None  # θ₀, the encoder's, in its order
+        self._groups = None  # built at the first update
 
     def __call__(self, model, task, batch, logits):
         return 0.0  # no loss term: the pull acts on the weights, in before_step
 
     def before_step(self, model, optimizer) -> None:
-        params = list(model.encoder.parameters())
         if self.anchors is None:  # the first update: the weights training started from
-            self.anchors = [p.detach().clone() for p in params]
-        anchor = {p: a for p, a in zip(params, self.anchors)}
+            self.anchors = [p.detach().clone() for p in model.encoder.parameters()]
+        if self._groups is None:  # each optimizer group's encoder weights and their anchors
+            anchor = dict(zip(model.encoder.parameters(), self.anchors))
+            self._groups = [([p for p in g["params"] if p in anchor],
+                             [anchor[p] for p in g["params"] if p in anchor])
+                            for g in optimizer.param_groups]
         with torch.no_grad():
-            for group in optimizer.param_groups:
-                pairs = [(p, anchor[p]) for p in group["params"] if p in anchor]
-                if pairs and group["lr"] * self.weight > 0:
-                    ps, anchors = zip(*pairs)
-                    torch._foreach_lerp_(list(ps), list(anchors),
-                                         min(1.0, group["lr"] * self.weight))
+            for group, (params, anchors) in zip(optimizer.param_groups, self._groups):
+                if params and group["lr"] * self.weight > 0:
+                    torch._foreach_lerp_(params, anchors, min(1.0, group["lr"] * self.weight))
 
     def state_dict(self):
         return {"anchors": self.anchors}
 
     def load_state_dict(self, state):
-        self.anchors = state.get("anchors")
+        self.anchors, self._groups = state.get("anchors"), None
