@@ -66,7 +66,8 @@ def main():
           "mean pooling of each layer\n")
     encoders = {f"pretrained ({config.model.checkpoint})":
                 BertModel.from_pretrained(config.model.checkpoint, verbose=False)}
-    for run in args.runs:
+    encoders[args.runs[0]] = first.model.encoder  # read once, above
+    for run in args.runs[1:]:
         encoders[run] = load_run(run).model.encoder
     layers = first.model.encoder.config.num_hidden_layers
     print(f"{'encoder':<48}" + "".join(f"{'L' + str(k + 1):>8}" for k in range(layers)))

@@ -38,8 +38,8 @@ def average_weights(members: list[str | Path]) -> tuple[dict, dict[str, torch.Te
                        f"{len(members)}")
     first = load_run(members[0])
     expected = _signature(first)
-    total = {k: v.detach().float().clone() if v.is_floating_point() else v
-             for k, v in first.model.state_dict().items()}
+    reference = first.model.state_dict()
+    total = {k: v.float().clone() if v.is_floating_point() else v for k, v in reference.items()}
     for member in members[1:]:
         run = load_run(member)
         signature = _signature(run)
@@ -55,7 +55,6 @@ def average_weights(members: list[str | Path]) -> tuple[dict, dict[str, torch.Te
                                f"{tuple(tensor.shape)}, as {members[0]} does")
             if tensor.is_floating_point():
                 tensor += state[name].float()
-    reference = first.model.state_dict()
     mean = {name: (tensor / len(members)).to(reference[name].dtype)
             if tensor.is_floating_point() else tensor for name, tensor in total.items()}
     return first.config.to_dict(), mean
