@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from minbert.multitask import OWN_LAYERS
 from minbert.pretrained import resolve_checkpoint
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
@@ -90,6 +91,8 @@ def export_run(model, config, out: str | Path, tasks: dict | None = None,
                                   encoder.state_dict())
     heads = {f"{task}.{key}": value.detach().contiguous()
              for task, head in model.heads.items() for key, value in head.state_dict().items()}
+    heads.update({f"{OWN_LAYERS}{key}": value.detach().contiguous()
+                  for key, value in model.task_layers.state_dict().items()})
     save_file(heads, str(out / "heads.safetensors"))
     run_config = config.to_dict()  # without local paths: the loader's defaults take their place
     del run_config["run_dir"], run_config["data"]["dir"], run_config["model"]["checkpoint"]
@@ -137,6 +140,7 @@ def _describe(name, task, model) -> dict:
     pooling, layers = model.poolings[name]
     return {"kind": task.kind, "inputs": list(task.text_columns),
             "encoding": model.encodings[name], "pooling": pooling, "pooled_layers": layers,
+            "own_layers": len(model.task_layers[name]) if name in model.task_layers else 0,
             "head": type(model.heads[name]).__name__, "output": task.output_description,
             "label_names": task.class_names, "range": task.value_range}
 
@@ -173,6 +177,13 @@ def model_card(config, tasks: dict, metrics: dict, max_length: int) -> str:
               "The encoder alone is a standard BERT (`transformers.BertModel.from_pretrained"
               "(\"PATH\")`); the task heads are in heads.safetensors, described in "
               "heads.json, and only minbert applies them."]
+    own = {name: info["own_layers"] for name, info in tasks.items() if info["own_layers"]}
+    if own:
+        lines += ["", "The encoder's top layers here are those the other tasks share; "
+                  + ", ".join(f"{name} reads its own copy of the top {n} layer(s)"
+                              for name, n in own.items())
+                  + " (in heads.safetensors; `minbert export RUN OUT --task NAME` writes that "
+                  "task's encoder as a standard BERT)."]
     return "\n".join(lines) + "\n"
 
 
@@ -220,7 +231,7 @@ def export_bi_encoder(model, config, task, out: str | Path, metrics: dict | None
     out.mkdir(parents=True, exist_ok=True)
     encoder = model.encoder
     max_length = _write_hf_folder(out, config, encoder, {"architectures": ["BertModel"]},
-                                  encoder.state_dict())
+                                  model.encoder_state(name))
     files = {
         "modules.json": [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -281,7 +292,7 @@ def export_classifier(model, config, task, out: str | Path, metrics: dict | None
         weight = torch.cat([torch.zeros_like(weight), weight])
         bias = torch.cat([torch.zeros_like(bias), bias])
     labels = task.class_names or [f"{name} (sigmoid; score = low + (high - low) * it)"]
-    weights = {f"bert.{k}": v for k, v in encoder.state_dict().items()}
+    weights = {f"bert.{k}": v for k, v in model.encoder_state(name).items()}
     weights.update({"classifier.weight": weight, "classifier.bias": bias})
     max_length = _write_hf_folder(out, config, encoder, {
         "architectures": ["BertForSequenceClassification"], "num_labels": len(labels),

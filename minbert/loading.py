@@ -11,7 +11,7 @@ import torch
 
 from minbert.config import RunConfig, build_config
 from minbert.model import BertModel
-from minbert.multitask import MultiTaskModel
+from minbert.multitask import OWN_LAYERS, MultiTaskModel
 from minbert.runs import RunError, RunFolder, first_line, load_state
 from minbert.tasks import Task, build_tasks
 from minbert.tokenizer import Tokenizer
@@ -91,8 +91,11 @@ def _load_export(folder: RunFolder) -> LoadedRun:
     tasks = build_tasks(config)
     model, tokenizer = build_model(config, tasks)
     heads = load_file(str(folder.path / "heads.safetensors"))
+    own = {k.removeprefix(OWN_LAYERS): heads.pop(k) for k in list(heads)
+           if k.startswith(OWN_LAYERS)}
     try:
         model.heads.load_state_dict(heads)
+        model.task_layers.load_state_dict(own)
     except RuntimeError as e:
         raise RunError(f"{folder.path / 'heads.safetensors'}: the heads do not fit "
                        f"{info} ({str(e).splitlines()[0]})") from None
@@ -138,4 +141,6 @@ def start_from_run(model: MultiTaskModel, init_from: str | Path, seed: int) -> P
         except RuntimeError as e:
             raise RunError(f"{where}: its {name} head has another shape (its pooling, "
                            f"pool_layers or pair encoding differ: {first_line(e)})") from None
+    for name in model.task_layers:  # from the top layers as the run's task read them
+        model.load_task_layers(name, source.model.encoder_state(name))
     return source.folder.path

@@ -220,9 +220,12 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x, mask, output_hidden_states: bool = False):
+    def forward(self, x, mask, output_hidden_states: bool = False, top=None):
+        """`top` (layers of the same shape, e.g. a task's own copy) replaces as many of the
+        top layers."""
+        layers = [*self.layer[:len(self.layer) - len(top)], *top] if top else self.layer
         states = [x]
-        for layer in self.layer:
+        for layer in layers:
             x = layer(x, mask)
             states.append(x)
         return tuple(states) if output_hidden_states else x
@@ -240,7 +243,8 @@ class BertPooler(nn.Module):
 class BertModel(nn.Module):
     """The BERT encoder: `model(input_ids, attention_mask, token_type_ids)` returns
     `(last_hidden_state (batch, seq, hidden), pooled_output (batch, hidden))`; with
-    `output_hidden_states=True` also every layer's output, the embeddings' first (as HF)."""
+    `output_hidden_states=True` also every layer's output, the embeddings' first (as HF);
+    `top` (a list of layers) runs in place of as many of the encoder's top layers."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -261,7 +265,7 @@ class BertModel(nn.Module):
         return self.embeddings.word_embeddings(input_ids)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, *,
-                inputs_embeds=None, output_hidden_states: bool = False):
+                inputs_embeds=None, output_hidden_states: bool = False, top=None):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         word_embeds = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
@@ -277,7 +281,7 @@ class BertModel(nn.Module):
             mask = torch.zeros(batch, 1, 1, seq, dtype=word_embeds.dtype, device=word_embeds.device)
             mask.masked_fill_(~attention_mask.bool()[:, None, None, :], float("-inf"))
         states = self.encoder(self.embeddings(word_embeds, token_type_ids), mask,
-                              output_hidden_states=True)
+                              output_hidden_states=True, top=top)
         hidden = states[-1]
         if output_hidden_states:
             return hidden, self.pooler(hidden), states

@@ -6,6 +6,8 @@ or both (the two heads' logits summed).
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,6 +16,8 @@ from minbert.config import PAIR_ENCODINGS, POOLINGS, SIMILARITY_HEADS
 from minbert.data import Batch
 from minbert.model import BertModel, Dropout
 from minbert.tasks import Task
+
+OWN_LAYERS = "task_layers."  # the tasks' own top layers' keys in a state dict (and an export)
 
 
 class LinearHead(nn.Module):
@@ -99,6 +103,15 @@ class MultiTaskModel(nn.Module):
                 raise ValueError(f"tasks.{name}.pool_layers: the pooler (model.pooling) reads "
                                  f"the last layer only; set tasks.{name}.pooling to mean or cls")
             self.poolings[name] = (kind, layers)
+        # each task's own copy of the top encoder layers (tasks.NAME.own_layers), from the
+        # weights the encoder has now (the pretrained ones, when the model is built)
+        self.task_layers = nn.ModuleDict()
+        for name, task in tasks.items():
+            if task.own_layers > encoder.config.num_hidden_layers:
+                raise ValueError(f"tasks.{name}.own_layers: {task.own_layers}, but the "
+                                 f"encoder has {encoder.config.num_hidden_layers} layers")
+            if task.own_layers:
+                self.task_layers[name] = copy.deepcopy(encoder.encoder.layer[-task.own_layers:])
         heads = {}
         for name, task in tasks.items():
             encoding = self.encodings[name]
@@ -129,7 +142,9 @@ class MultiTaskModel(nn.Module):
         _, pooled, states = self.encoder(inputs_embeds=word_embeds,
                                          attention_mask=segment["attention_mask"],
                                          token_type_ids=segment["token_type_ids"],
-                                         output_hidden_states=True)
+                                         output_hidden_states=True,
+                                         top=self.task_layers[task] if task in self.task_layers
+                                         else None)
         return self.pool(task, states, pooled, segment["attention_mask"])
 
     def pool(self, task: str, states, pooled: torch.Tensor, attention_mask: torch.Tensor
@@ -152,6 +167,26 @@ class MultiTaskModel(nn.Module):
             word_embeds = self.embed(batch)
         reps = [self.represent(s, e, batch.task) for s, e in zip(batch.segments, word_embeds)]
         return self.heads[batch.task](*reps)
+
+    def encoder_state(self, task: str | None = None) -> dict[str, torch.Tensor]:
+        """The encoder's weights as `task` reads them, its own top layers (tasks.NAME.
+        own_layers) in place of the shared ones: a standard BERT's state either way."""
+        state = self.encoder.state_dict()
+        own = self.task_layers[task] if task in self.task_layers else []
+        first = self.encoder.config.num_hidden_layers - len(own)
+        for i, layer in enumerate(own):
+            state.update({f"encoder.layer.{first + i}.{key}": value
+                          for key, value in layer.state_dict().items()})
+        return state
+
+    def load_task_layers(self, task: str, encoder_state: dict[str, torch.Tensor]) -> None:
+        """`task`'s own top layers from a BERT state (encoder.layer.N.… keys)."""
+        own = self.task_layers[task]
+        first = self.encoder.config.num_hidden_layers - len(own)
+        for i, layer in enumerate(own):
+            prefix = f"encoder.layer.{first + i}."
+            layer.load_state_dict({k.removeprefix(prefix): v for k, v in encoder_state.items()
+                                   if k.startswith(prefix)})
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]

@@ -101,6 +101,12 @@ def export_onnx(model, tasks: dict, out: str | Path) -> list[Path]:
     except ImportError:
         raise OnnxExportError("exporting to ONNX needs onnx and onnxscript: "
                               "pip install 'minbert[onnx]'") from None
+    if model.task_layers:
+        name = next(iter(model.task_layers))
+        raise OnnxExportError(f"--onnx: the ONNX export writes one encoder graph that every "
+                              f"task shares, but {name} reads its own top layers "
+                              f"(tasks.{name}.own_layers); export without --onnx, or that "
+                              f"task alone with --task {name}")
     from torch.export import Dim
     folder = Path(out) / "onnx"
     folder.mkdir(parents=True, exist_ok=True)

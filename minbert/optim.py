@@ -21,7 +21,8 @@ def param_groups(model: nn.Module, lr: float, head_lr: float = 0.0,
     """AdamW groups of a module holding `encoder` (a BertModel) and task `heads`: heads at
     head_lr (0: lr); the top encoder layer (and anything above it) at lr, each layer below
     at layer_decay times the one above, the embeddings lowest (layer-wise lr decay; 1: one
-    lr); biases and LayerNorm without weight decay, as BERT does."""
+    lr; a task's own top layers as the layers they copy); biases and LayerNorm without
+    weight decay, as BERT does."""
     layers = model.encoder.config.num_hidden_layers
     groups: dict[tuple, list] = {}
     for name, p in model.named_parameters():
@@ -30,6 +31,10 @@ def param_groups(model: nn.Module, lr: float, head_lr: float = 0.0,
         if name.startswith("heads."):
             key = ("heads", 1.0)
         else:
+            if name.startswith("task_layers."):  # as the encoder layer it is a copy of
+                _, task, i, rest = name.split(".", 3)
+                first = layers - len(model.task_layers[task])
+                name = f"encoder.encoder.layer.{first + int(i)}.{rest}"
             scale = layer_decay ** max(0, layers - depth(name.removeprefix("encoder."), layers))
             key = ("decay" if p.ndim >= 2 else "no_decay", scale)
         groups.setdefault(key, []).append(p)

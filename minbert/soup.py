@@ -27,7 +27,8 @@ def _signature(run) -> dict:
     return {"model": model, "tasks": list(run.tasks),
             "outputs": {name: task.output_spec() for name, task in run.tasks.items()},
             "encodings": dict(run.model.encodings), "poolings": dict(run.model.poolings),
-            "heads": {name: type(head).__name__ for name, head in run.model.heads.items()}}
+            "heads": {name: type(head).__name__ for name, head in run.model.heads.items()},
+            "own layers": {name: len(own) for name, own in run.model.task_layers.items()}}
 
 
 def average_weights(members: list[str | Path]) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -1,5 +1,5 @@
 """Levers for one multi-task model: the anchor regulariser (decay towards the starting
-weights) and a cosine head's own projection."""
+weights), a cosine head's own projection and a task's own top encoder layers."""
 import pytest
 import torch
 from torch import nn
@@ -10,6 +10,13 @@ from minbert.regularizers.anchor import Anchor
 from minbert.training import train
 
 from helpers import tiny_config_values, write_task_files
+
+
+def _values(tmp_path, checkpoint, run="run", **train):
+    """A tiny run's config over task files written under tmp_path/data."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return tiny_config_values(write_task_files(tmp_path / "data"), checkpoint, tmp_path / run,
+                              **train)
 
 
 class _Model(nn.Module):
@@ -87,9 +94,7 @@ def test_a_cosine_heads_projection_starts_as_the_identity_and_is_refused_elsewhe
         tmp_path, tiny_checkpoint):
     from minbert.build import build_plan
     from minbert.loading import build_model
-    (tmp_path / "data").mkdir()
-    values = tiny_config_values(write_task_files(tmp_path / "data"), tiny_checkpoint,
-                                tmp_path / "run")
+    values = _values(tmp_path, tiny_checkpoint, "run")
     values["tasks"]["sts"]["pair_encoding"] = "bi"
     plain = build_plan(checked_config(values))
     values["tasks"]["sts"]["projection"] = True
@@ -114,27 +119,129 @@ def test_a_cosine_heads_projection_starts_as_the_identity_and_is_refused_elsewhe
         checked_config(values)
 
 
-@pytest.mark.slow
-def test_a_projected_cosine_head_survives_the_full_export_and_is_refused_alone(
-        tmp_path, tiny_checkpoint, capsys):
+def _trained_and_exported(tmp_path, checkpoint, **sts):
+    """A tiny run with a bi-encoded STS (and `sts`'s options) trained in tmp_path/run and
+    exported to tmp_path/out, whose STS predictions are checked to equal the run's; the
+    loaded run."""
     import numpy as np
 
     import minbert
     from minbert import cli
-    (tmp_path / "data").mkdir()
-    values = tiny_config_values(write_task_files(tmp_path / "data"), tiny_checkpoint,
-                                tmp_path / "run", epochs=1, lr=1e-2, head_lr=5e-2)
-    values["tasks"]["sts"].update(pair_encoding="bi", projection=True)
-    train(checked_config(values))
     from minbert.loading import load_run
-    weight = load_run(tmp_path / "run").model.heads["sts"].projection.weight.detach()
-    assert not torch.equal(weight, torch.eye(weight.shape[0]))  # it trained
+    values = _values(tmp_path, checkpoint, "run", epochs=1, lr=1e-2, head_lr=5e-2)
+    values["tasks"]["sts"].update(pair_encoding="bi", **sts)
+    train(checked_config(values))
     assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
     pairs = [("a dog runs .", "a cat runs ."), ("a man plays guitar .", "the cat sits .")]
     ours = minbert.load(tmp_path / "run", precision="fp32").predict("sts", pairs)
     exported = minbert.load(tmp_path / "out", precision="fp32").predict("sts", pairs)
     np.testing.assert_allclose(exported.values, ours.values, rtol=1e-6)
+    return load_run(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_projected_cosine_head_survives_the_full_export_and_is_refused_alone(
+        tmp_path, tiny_checkpoint, capsys):
+    from minbert import cli
+    run = _trained_and_exported(tmp_path, tiny_checkpoint, projection=True)
+    weight = run.model.heads["sts"].projection.weight.detach()
+    assert not torch.equal(weight, torch.eye(weight.shape[0]))  # it trained
     capsys.readouterr()
     assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "st"), "--task",
                      "sts"]) == 2
     assert "tasks.sts.projection" in capsys.readouterr().err
+
+
+def _batch(tokenizer, task, texts):
+    import numpy as np
+
+    from minbert.data import Batch
+    segments = [tokenizer(list(column)) for column in zip(*texts)]
+    return Batch(task, segments, None, np.arange(len(texts)))
+
+
+def test_own_layers_start_as_the_shared_top_and_then_move_only_their_task(
+        tmp_path, tiny_checkpoint):
+    from minbert.build import build_plan
+    from minbert.loading import build_model
+    from minbert.model import BertModel
+    values = _values(tmp_path, tiny_checkpoint, "run")
+    values["tasks"]["sts"]["pair_encoding"] = "bi"
+    plain = build_plan(checked_config(values))
+    values["tasks"]["sts"]["own_layers"] = 1
+    own = build_plan(checked_config(values))
+    torch.manual_seed(0)
+    a, tokenizer = build_model(plain.config, plain.tasks)
+    b, _ = build_model(own.config, own.tasks)
+    b.load_state_dict(a.state_dict(), strict=False)  # the same heads; the encoder already is
+    a.eval(), b.eval()
+    pairs = [("a dog runs .", "a cat runs ."), ("a man plays guitar .", "the cat sits .")]
+    sts, sst = _batch(tokenizer, "sts", pairs), _batch(tokenizer, "sst", [("a dog .",)])
+    assert list(b.task_layers) == ["sts"] and len(b.task_layers["sts"]) == 1
+    assert torch.equal(b(sts), a(sts)) and torch.equal(b(sst), a(sst))
+    with torch.no_grad():
+        b.task_layers["sts"][0].output.dense.weight.add_(0.1)
+    assert not torch.equal(b(sts), a(sts)) and torch.equal(b(sst), a(sst))
+    with torch.no_grad():
+        b.encoder.encoder.layer[-1].output.dense.weight.add_(0.1)  # the shared top
+    assert not torch.equal(b(sst), a(sst))
+    # the task's encoder, written as a standard BERT, is what the task reads
+    alone = BertModel(b.encoder.config).eval()
+    alone.load_state_dict(b.encoder_state("sts"))
+    segment = tokenizer(["a dog runs ."])
+    with torch.no_grad():
+        _, pooled, states = alone(**segment, output_hidden_states=True)
+        expected = b.pool("sts", states, pooled, segment["attention_mask"])
+        got = b.represent(segment, b.encoder.word_embeddings(segment["input_ids"]), "sts")
+    torch.testing.assert_close(got, expected)
+    from minbert.optim import param_groups
+    lrs = {id(p): group["lr"] for group in param_groups(b, 1.0, layer_decay=0.5)
+           for p in group["params"]}
+    assert lrs[id(b.task_layers["sts"][0].output.dense.weight)] == 1.0  # the top layer's
+    assert lrs[id(b.encoder.encoder.layer[0].output.dense.weight)] == 0.5
+    values["tasks"]["sts"]["own_layers"] = 3  # the tiny BERT has 2
+    with pytest.raises(ValueError, match="tasks.sts.own_layers: 3, but the encoder has 2"):
+        build_model(*(lambda p: (p.config, p.tasks))(build_plan(checked_config(values))))
+    values["tasks"]["sts"]["own_layers"] = -1
+    with pytest.raises((ValueError, ConfigKeyError), match="tasks.sts.own_layers: a whole "
+                                                           "number ≥ 0"):
+        checked_config(values)
+
+
+@pytest.mark.slow
+def test_own_layers_train_and_survive_the_full_export_and_the_tasks_export(
+        tmp_path, tiny_checkpoint, capsys):
+    from minbert import cli
+    from minbert.model import BertModel
+    run = _trained_and_exported(tmp_path, tiny_checkpoint, own_layers=1)
+    own, shared = run.model.task_layers["sts"][0], run.model.encoder.encoder.layer[-1]
+    assert not torch.equal(own.output.dense.weight, shared.output.dense.weight)  # both trained
+    assert "sts reads its own copy of the top 1 layer(s)" in (tmp_path / "out" /
+                                                              "README.md").read_text()
+    assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "st"), "--task",
+                     "sts"]) == 0  # the task's own layers in the standard BERT
+    alone = BertModel.from_pretrained(tmp_path / "st", verbose=False)
+    torch.testing.assert_close(alone.state_dict(), run.model.encoder_state("sts"))
+    capsys.readouterr()
+    pytest.importorskip("onnxscript")
+    assert cli.main(["export", str(tmp_path / "run"), str(tmp_path / "onnx"), "--onnx"]) == 2
+    assert "tasks.sts.own_layers" in capsys.readouterr().err
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_a_runs_own_layers_start_from_the_layers_its_source_task_read(tmp_path, tiny_checkpoint):
+    """model.init_from (and --finetune): a task with its own layers starts from the top
+    layers as the source run's task read them (its own, or the shared ones)."""
+    from minbert.build import build_plan
+    from minbert.loading import build_model, load_run, start_from_run
+    values = _values(tmp_path, tiny_checkpoint, "source", epochs=1, lr=1e-2)
+    train(checked_config(values))
+    source = load_run(tmp_path / "source").model
+    values["tasks"]["sst"]["own_layers"] = 1
+    plan = build_plan(checked_config(values))
+    model, _ = build_model(plan.config, plan.tasks)
+    assert not torch.equal(model.task_layers["sst"][0].output.dense.weight,
+                           source.encoder.encoder.layer[-1].output.dense.weight)
+    start_from_run(model, tmp_path / "source", seed=0)
+    torch.testing.assert_close(model.task_layers["sst"][0].state_dict(),
+                               source.encoder.encoder.layer[-1].state_dict())

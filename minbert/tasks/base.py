@@ -39,6 +39,9 @@ class Task:
     epochs: float | None = None    # train on this task for the run's first N epochs (a
                                    # fraction: that share of the last one); None: all of them
     lr_scale: float = 1.0          # the learning rate of updates drawn from this task, scaled
+    own_layers: int = 0            # the top N encoder layers as this task's own copy
+                                   # (from the same pretrained weights); the layers below
+                                   # stay shared
     projection: bool = False       # a pair scored by cosine: a learned linear map (the
                                    # identity at first) on each sentence vector before it
 
@@ -118,6 +121,10 @@ class Task:
         if self.pooling == "pooler" and self.pool_layers != 1:
             raise ValueError(f"{where}.pool_layers: the pooler reads the last layer only; "
                              "use pooling = \"mean\" or \"cls\" to concatenate layers")
+        if isinstance(self.own_layers, bool) or not isinstance(self.own_layers, int) \
+                or self.own_layers < 0:
+            raise ValueError(f"{where}.own_layers: a whole number ≥ 0, got "
+                             f"{self.own_layers!r}")
         if not isinstance(self.projection, bool):
             raise ValueError(f"{where}.projection: true or false, got {self.projection!r}")
         weight = self.loss_weight
