@@ -66,9 +66,12 @@ def main():
           "mean pooling of each layer\n")
     encoders = {f"pretrained ({config.model.checkpoint})":
                 BertModel.from_pretrained(config.model.checkpoint, verbose=False)}
-    encoders[args.runs[0]] = first.model.encoder  # read once, above
-    for run in args.runs[1:]:
-        encoders[run] = load_run(run).model.encoder
+    for run in args.runs:
+        model = first.model if run == args.runs[0] else load_run(run).model  # first read once
+        encoder = model.encoder
+        if args.task in model.task_layers:  # the task reads its own top layers (own_layers)
+            encoder.load_state_dict(model.encoder_state(args.task))
+        encoders[run] = encoder
     layers = first.model.encoder.config.num_hidden_layers
     print(f"{'encoder':<48}" + "".join(f"{'L' + str(k + 1):>8}" for k in range(layers)))
     for name, encoder in encoders.items():

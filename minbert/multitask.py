@@ -2,7 +2,8 @@
 
 Pairs are cross-encoded (one pass over `[CLS] a [SEP] b [SEP]`), bi-encoded (each
 sentence alone, then combined as [u; v; |u−v|; u⊙v], or by cosine for a regression task),
-or both (the two heads' logits summed).
+or both (the two heads' logits summed). A task with `own_layers = N` reads its own copy
+of the top N encoder layers (`task_layers`), the layers below shared.
 """
 from __future__ import annotations
 
