@@ -264,22 +264,9 @@ def cmd_report(args):
 
 
 def cmd_compare(args):
-    from minbert.compare import compare_runs, compare_seed_runs, format_differences
-    from minbert.seeds import seed_results
-    seeded = [bool(seed_results(f)) and not (Path(f) / "config.json").is_file()
-              for f in (args.run_a, args.run_b)]
-    if all(seeded):
-        rows = compare_seed_runs(args.run_a, args.run_b)
-        print(format_differences(rows, args.run_a, args.run_b, 0))
-        return 0
-    if any(seeded):
-        seeds, single = (args.run_a, args.run_b) if seeded[0] else (args.run_b, args.run_a)
-        raise ValueError(f"{seeds} is a --seeds folder and {single} one run: compare two "
-                         f"--seeds folders, one of {seeds}'s seed-N runs with {single}, or "
-                         f"the ensemble of its seeds (`minbert evaluate {seeds} --out DIR`) "
-                         f"with {single}")
-    rows = compare_runs(args.run_a, args.run_b, args.resamples, args.seed)
-    print(format_differences(rows, args.run_a, args.run_b, args.resamples))
+    from minbert.compare import compare_folders, format_differences
+    rows, how = compare_folders(args.run_a, args.run_b, args.resamples, args.seed)
+    print(format_differences(rows, args.run_a, args.run_b, how))
     return 0
 
 
@@ -420,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "compare", "two runs' dev differences with paired-bootstrap "
                                        "95%% intervals")
     p.add_argument("run_a", help="run folder, evaluation folder or --seeds folder (A)")
-    p.add_argument("run_b", help="the same kind of folder (B); the table gives A − B")
+    p.add_argument("run_b", help="any of those (B); the table gives A − B on the tasks "
+                                 "both hold")
     p.add_argument("--resamples", type=int, default=10_000,
                    help="bootstrap resamples of the dev examples (1 to 1,000,000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling")

@@ -111,3 +111,59 @@ def test_seed_folders_are_compared_seed_by_seed(tmp_path, capsys):
     assert f"[{0.02 - half:+.4f}, {0.02 + half:+.4f}]" in out
     line = next(x for x in out.splitlines() if x.startswith("overall"))
     assert "not distinguishable" in line  # +0.02 on average, but three seeds cannot tell
+
+
+def _fake_runs(tmp_path, runs):
+    """compare.read_outputs answering from `runs` (folder name -> {task: (labels, predictions)})."""
+    from minbert.outputs import RunOutputs
+    tasks = {"sst": SST, "sts": STS}
+
+    def fake(folder):
+        parts = runs[str(folder)]
+        return RunOutputs(str(folder), tmp_path, {t: tasks[t] for t in parts}, [], [],
+                          labels={t: np.asarray(p[0]) for t, p in parts.items()},
+                          predictions={t: np.asarray(p[1]) for t, p in parts.items()},
+                          ids={t: [f"x{i}" for i in range(len(p[0]))]
+                               for t, p in parts.items()})
+    return fake
+
+
+def test_runs_of_different_tasks_are_compared_on_the_tasks_they_share(tmp_path, monkeypatch):
+    import minbert.compare as compare
+    rng = np.random.default_rng(5)
+    sst, sts = rng.integers(0, 5, 60).astype(float), rng.uniform(0, 5, 50)
+    runs = {"multi": {"sst": (sst, sst), "sts": (sts, sts + rng.normal(0, 1, 50))},
+            "specialist": {"sts": (sts, sts + rng.normal(0, 0.3, 50))},
+            "other": {"sst": (sst, sst)}}
+    monkeypatch.setattr(compare, "read_outputs", _fake_runs(tmp_path, runs))
+    rows = compare.compare_runs("multi", "specialist", resamples=500)
+    assert [r.name for r in rows] == ["sts"]  # its overall share would only restate it
+    assert rows[0].b == pytest.approx(np.corrcoef(runs["specialist"]["sts"][1], sts)[0, 1])
+    assert rows[0].verdict == "B better"  # the specialist's scores are four times less noisy
+    with pytest.raises(compare.CompareError, match="no task to compare"):
+        compare.compare_runs("specialist", "other")
+
+
+def test_one_run_is_compared_with_each_seed_of_a_seeds_folder(tmp_path, monkeypatch, capsys):
+    import json
+    import minbert.compare as compare
+    labels = np.array([0, 1, 2, 3, 4, 0, 1, 2, 3, 4], dtype=float)
+    soup = labels.copy()
+    soup[:2] = [4, 4]  # 8 of 10 right
+    monkeypatch.setattr(compare, "read_outputs",
+                        _fake_runs(tmp_path, {str(tmp_path / "soup"): {"sst": (labels, soup)}}))
+    (tmp_path / "seeds").mkdir()
+    seeds = {"0": 0.70, "1": 0.74, "2": 0.72}
+    (tmp_path / "seeds" / "seeds.json").write_text(json.dumps(
+        {"runs": {s: {"sst": v, "overall": v} for s, v in seeds.items()}}))
+    assert cli.main(["compare", str(tmp_path / "soup"), str(tmp_path / "seeds")]) == 0
+    out = capsys.readouterr().out
+    # 0.80 − (0.70, 0.74, 0.72): mean +0.08, s 0.02, t(0.975, 2) = 4.303
+    half = 4.302653 * 0.02 / 3 ** 0.5
+    assert "(one run) against each seed of" in out
+    line = next(x for x in out.splitlines() if x.startswith("sst"))
+    assert f"[{0.08 - half:+.4f}, {0.08 + half:+.4f}]" in line and "A better" in line
+    # the other way round: seed − run
+    assert cli.main(["compare", str(tmp_path / "seeds"), str(tmp_path / "soup")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("sst"))
+    assert "-0.0800" in line and "B better" in line

@@ -183,27 +183,41 @@ def test_dev_ids_must_be_unique_and_columns_named_once(tmp_path):
         read_examples(path, ["sentence"], "sentiment")
 
 
-def test_seed_folders_of_other_tasks_or_examples_are_not_compared(finished, tmp_path, capsys):
-    for name, keys in (("a", ["sst", "overall"]), ("b", ["sst", "sts", "overall"])):
+def _seed_copies(finished, folder, limit):
+    """A --seeds folder of two copies of the finished run, its config scoring `limit` dev
+    examples (0: all)."""
+    for seed in (0, 1):
+        shutil.copytree(finished[0], folder / f"seed-{seed}")
+        saved = json.loads((folder / f"seed-{seed}" / "config.json").read_text())
+        saved["data"]["dev_limit"] = limit
+        (folder / f"seed-{seed}" / "config.json").write_text(json.dumps(saved))
+
+
+def test_seed_folders_are_compared_on_shared_tasks_and_the_same_examples_only(
+        finished, tmp_path, capsys):
+    for name, keys in (("a", ["sst", "overall"]), ("b", ["sst", "sts", "overall"]),
+                       ("q", ["quora", "overall"])):
         (tmp_path / name).mkdir()
         runs = {str(s): {k: 0.5 + s / 100 for k in keys} for s in (0, 1)}
         (tmp_path / name / "seeds.json").write_text(json.dumps({"runs": runs}))
-    for first, second in (("a", "b"), ("b", "a")):
-        err = one_line_error(["compare", str(tmp_path / first), str(tmp_path / second)],
-                             capsys)
-        assert "compare seeds of runs with the same tasks" in err
-    # the same tasks, but one scored on 8 dev examples: its seed runs say so
-    for name, limit in (("c", 0), ("d", 3)):
-        for seed in (0, 1):
-            values = {**finished[1], "run_dir": str(tmp_path / name / f"seed-{seed}")}
-            values["data"] = {**values["data"], "dev_limit": limit}
-            values["train"] = {**values["train"], "seed": seed, "max_steps": 1}
-            shutil.copytree(finished[0], tmp_path / name / f"seed-{seed}")
-            saved = json.loads((tmp_path / name / f"seed-{seed}" / "config.json").read_text())
-            saved["data"]["dev_limit"] = limit
-            (tmp_path / name / f"seed-{seed}" / "config.json").write_text(json.dumps(saved))
+    for first, second in (("a", "b"), ("b", "a")):  # sst only: no overall row to restate it
+        assert cli.main(["compare", str(tmp_path / first), str(tmp_path / second)]) == 0
+        rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[4:]]
+        assert rows == ["sst"]
+    err = one_line_error(["compare", str(tmp_path / "a"), str(tmp_path / "q")], capsys)
+    assert "no task to compare" in err and "['sst']" in err and "['quora']" in err
+    # the same tasks, but one scored on fewer dev examples: its seed runs say so
+    _seed_copies(finished, tmp_path / "c", 0)
+    _seed_copies(finished, tmp_path / "d", 3)
     err = one_line_error(["compare", str(tmp_path / "c"), str(tmp_path / "d")], capsys)
     assert "scored on different dev examples" in err
+    # one run against a seeds folder: its examples are checked the same way
+    err = one_line_error(["compare", str(finished[0]), str(tmp_path / "d")], capsys)
+    assert "scored on different dev examples" in err
+    assert cli.main(["compare", str(tmp_path / "c"), str(finished[0])]) == 0
+    out = capsys.readouterr().out
+    assert "(one run) against each seed of" in out
+    assert all("+0.0000" in line for line in out.splitlines()[4:] if line[:1].isalpha())
 
 
 # ---------------------------------------------------------------------- limits
@@ -291,7 +305,7 @@ class _Done:
 
 def test_a_seeds_folder_is_read_as_its_seeds(finished, tmp_path, capsys):
     """report: a row per seed; evaluate and minbert.load: the ensemble of the seeds;
-    compare against one run: refused with what to do instead."""
+    compare against one run: the run against each seed."""
     import minbert
     for seed in (0, 1):
         shutil.copytree(finished[0], tmp_path / "seeds" / f"seed-{seed}")
@@ -305,8 +319,9 @@ def test_a_seeds_folder_is_read_as_its_seeds(finished, tmp_path, capsys):
     assert len(minbert.load(seeds).runs) == 2
     (tmp_path / "seeds" / "seeds.json").write_text(json.dumps(
         {"runs": {"0": {"sst": 0.5, "overall": 0.5}, "1": {"sst": 0.6, "overall": 0.6}}}))
-    err = one_line_error(["compare", seeds, str(finished[0])], capsys)
-    assert "is a --seeds folder and" in err and "minbert evaluate" in err
+    assert cli.main(["compare", seeds, str(finished[0])]) == 0
+    out = capsys.readouterr().out
+    assert "(one run) against each seed of" in out and "\nsst " in out
 
 
 # ---------------------------------------------------------------------- one line, not a traceback
