@@ -53,6 +53,60 @@ JOBS = {
 }
 
 
+def run_jobs(jobs: list[tuple[str, list[str], Path]], workers: int, env: dict,
+             start_by: float = float("inf"), stop_at: float = float("inf"),
+             start: float | None = None) -> tuple[list[str], list[str]]:
+    """Runs each (label, command, log file) of `jobs` in order, at most `workers` at a time;
+    none starts after `start_by` seconds, and those still running at `stop_at` are stopped
+    (a run folder resumes). Seconds count from `start` (default: now). Returns the labels
+    that finished and those that failed; two failures before any success stop the rest."""
+    queue = list(jobs)
+    running, failed, done = {}, [], []
+    start = time.monotonic() if start is None else start
+
+    def clock():
+        return f"{time.monotonic() - start:6.0f} s"
+
+    while queue or running:
+        for label, (proc, log, began) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[label]
+            took = time.monotonic() - began
+            (done if proc.returncode == 0 else failed).append(label)
+            print(f"{clock()}  end   {label}: rc {proc.returncode}, {took:.0f} s", flush=True)
+            if proc.returncode:
+                print("".join(Path(log).read_text().splitlines(True)[-15:]), flush=True)
+        if failed and not done and len(failed) >= 2:
+            print("two jobs failed and none finished: stopping", flush=True)
+            queue = []
+            stop_at = 0.0  # stop the running ones below
+        elapsed = time.monotonic() - start
+        while queue and len(running) < workers and elapsed < start_by:
+            label, cmd, log = queue.pop(0)
+            running[label] = (subprocess.Popen(cmd, stdout=open(log, "w"),
+                                               stderr=subprocess.STDOUT, env=env),
+                              log, time.monotonic())
+            print(f"{clock()}  start {label}", flush=True)
+        if elapsed >= start_by and queue:
+            print(f"{clock()}  not started (time): {[job[0] for job in queue]}", flush=True)
+            queue = []
+        if elapsed >= stop_at:
+            for label, (proc, _, _) in running.items():
+                proc.terminate()
+                print(f"{clock()}  stopped {label} (time)", flush=True)
+            for proc, _, _ in running.values():
+                proc.wait()
+            break
+        time.sleep(1)
+    return done, failed
+
+
+def job_env(threads: int) -> dict:
+    """The environment of each job: `threads` CPU threads, unbuffered output."""
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-root", default="runs/gpu")
@@ -72,53 +126,15 @@ def main():
     seeds = [int(s) for s in args.seeds.split(",")]
     root = Path(args.run_root)
     root.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
     common = [f'train.device="{args.device}"', *args.extra]
-    queue = [(name, seed) for name in names for seed in seeds]
-    running, failed, done = {}, [], []
-    start = time.monotonic()
-
-    def clock():
-        return f"{time.monotonic() - start:6.0f} s"
-
-    while queue or running:
-        for job, (proc, log, began) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[job]
-            took = time.monotonic() - began
-            (done if proc.returncode == 0 else failed).append(job)
-            print(f"{clock()}  end   {job[0]} seed {job[1]}: rc {proc.returncode}, "
-                  f"{took:.0f} s", flush=True)
-            if proc.returncode:
-                print("".join(Path(log).read_text().splitlines(True)[-15:]), flush=True)
-        if failed and not done and len(failed) >= 2:
-            print("two jobs failed and none finished: stopping", flush=True)
-            queue = []
-            args.stop_at = 0.0  # stop the running ones below
-        elapsed = time.monotonic() - start
-        while queue and len(running) < args.workers and elapsed < args.start_by:
-            name, seed = queue.pop(0)
-            config, overrides = JOBS[name]
-            log = root / f"{name}-seed-{seed}.log"
-            cmd = [sys.executable, "-m", "minbert", "train", "--config", config,
-                   "--run-dir", str(root / name), "--seeds", str(seed), *common, *overrides]
-            running[(name, seed)] = (subprocess.Popen(cmd, stdout=open(log, "w"),
-                                                      stderr=subprocess.STDOUT, env=env),
-                                     log, time.monotonic())
-            print(f"{clock()}  start {name} seed {seed}", flush=True)
-        if elapsed >= args.start_by and queue:
-            print(f"{clock()}  not started (time): {queue}", flush=True)
-            queue = []
-        if elapsed >= args.stop_at:
-            for job, (proc, _, _) in running.items():
-                proc.terminate()
-                print(f"{clock()}  stopped {job[0]} seed {job[1]} (time)", flush=True)
-            for proc, _, _ in running.values():
-                proc.wait()
-            break
-        time.sleep(1)
-    print(f"{clock()}  finished: {len(done)} runs; failed: {failed}", flush=True)
+    jobs = [(f"{name} seed {seed}",
+             [sys.executable, "-m", "minbert", "train", "--config", JOBS[name][0],
+              "--run-dir", str(root / name), "--seeds", str(seed), *common, *JOBS[name][1]],
+             root / f"{name}-seed-{seed}.log")
+            for name in names for seed in seeds]
+    done, failed = run_jobs(jobs, args.workers, job_env(args.threads), args.start_by,
+                            args.stop_at)
+    print(f"finished: {len(done)} runs; failed: {failed}", flush=True)
     return 0 if done else 1
 
 

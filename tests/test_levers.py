@@ -245,3 +245,20 @@ def test_a_runs_own_layers_start_from_the_layers_its_source_task_read(tmp_path, 
     start_from_run(model, tmp_path / "source", seed=0)
     torch.testing.assert_close(model.task_layers["sst"][0].state_dict(),
                                source.encoder.encoder.layer[-1].state_dict())
+
+
+def test_own_layers_change_nothing_for_a_task_trained_alone(tmp_path, tiny_checkpoint):
+    """A specialist of a recipe with own_layers (configs/lean-distill.toml under --distill)
+    trains the same model as without them: one task has no layer to share, and the unused
+    shared copy takes no step."""
+    from minbert.loading import load_run
+    metrics, models = [], []
+    for own in (0, 1):
+        values = _values(tmp_path, tiny_checkpoint, f"run{own}", epochs=1, lr=1e-2)
+        values["data"]["tasks"] = ["sts"]
+        values["tasks"]["sts"].update(pair_encoding="bi", own_layers=own)
+        metrics.append(train(checked_config(values)))
+        models.append(load_run(tmp_path / f"run{own}").model)
+    assert metrics[0] == metrics[1]
+    for key, value in models[0].encoder_state("sts").items():
+        assert torch.equal(models[1].encoder_state("sts")[key], value), key
