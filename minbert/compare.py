@@ -162,10 +162,10 @@ def _seed_tasks_of(runs: dict[str, dict]) -> list[str]:
     return [key for key in first if key != "overall"]
 
 
-def compare_seed_runs(folder_a, folder_b) -> list[Difference]:
+def compare_seed_runs(folder_a, folder_b) -> tuple[list[Difference], list[str]]:
     """Mean of A − B over the seeds both `--seeds` folders hold, with its 95% t-interval,
-    on the tasks they share (the overall row over those). The seed runs must have been
-    scored on the same dev examples."""
+    on the tasks they share (the overall row over those), and those seeds. The seed runs
+    must have been scored on the same dev examples."""
     names = [_seed_tasks_of(seed_results(f)) for f in (folder_a, folder_b)]
     tasks = shared_tasks(*names, folder_a, folder_b)
     runs = [_per_seed(f, tasks, set(n) == set(tasks))
@@ -176,7 +176,7 @@ def compare_seed_runs(folder_a, folder_b) -> list[Difference]:
                            f"({', '.join(common) or 'none'}); a seed comparison needs two")
     _check_seed_examples(folder_a, folder_b, common[0], tasks)
     return _differences([[runs[0][s] for s in common], [runs[1][s] for s in common]],
-                        _row_names(tasks, *names))
+                        _row_names(tasks, *names)), common
 
 
 def _seed_outputs(folder, seed: str, tasks):
@@ -202,11 +202,12 @@ def _check_seed_examples(folder_a, folder_b, seed: str, tasks) -> None:
                          tasks)
 
 
-def compare_run_with_seeds(run_folder, seeds_folder, run_is_a: bool = True) -> list[Difference]:
+def compare_run_with_seeds(run_folder, seeds_folder,
+                           run_is_a: bool = True) -> tuple[list[Difference], list[str]]:
     """One run (a soup, an ensemble, one seed) against every seed of a --seeds or
     specialists folder: the mean over those seeds of run − seed (or seed − run when
-    `run_is_a` is False) with its 95% t-interval, on the tasks they share. The interval
-    holds the seeds' spread only: the one run is one draw."""
+    `run_is_a` is False) with its 95% t-interval, on the tasks they share, and those seeds.
+    The interval holds the seeds' spread only: the one run is one draw."""
     run = read_outputs(run_folder)
     names = _seed_tasks_of(seed_results(seeds_folder))
     tasks = shared_tasks(list(run.tasks), names, run_folder, seeds_folder)
@@ -223,7 +224,7 @@ def compare_run_with_seeds(run_folder, seeds_folder, run_is_a: bool = True) -> l
     fixed = [metrics] * len(per_seed)
     sides = [fixed, list(per_seed.values())]
     return _differences(sides if run_is_a else sides[::-1],
-                        _row_names(tasks, run.tasks, names))
+                        _row_names(tasks, run.tasks, names)), sorted(per_seed, key=int)
 
 
 def _run_metrics(run, tasks) -> dict[str, float]:
@@ -266,16 +267,21 @@ def compare_folders(folder_a, folder_b, resamples: int = 10_000,
     common seeds; one run and a --seeds folder: the mean over that folder's seeds."""
     seeded = [is_seeds_side(folder_a), is_seeds_side(folder_b)]
     if all(seeded):
-        rows, how = compare_seed_runs(folder_a, folder_b), "mean over the common seeds (t-interval)"
+        rows, common = compare_seed_runs(folder_a, folder_b)
+        how = f"mean over the common seeds ({_seed_list(common)}; t-interval)"
     elif any(seeded):
         run, seeds = (folder_b, folder_a) if seeded[0] else (folder_a, folder_b)
-        rows = compare_run_with_seeds(run, seeds, run_is_a=not seeded[0])
-        how = (f"{run} (one run) against each seed of {seeds}: mean over those seeds "
-               "(t-interval; the one run's own seed spread is not in it)")
+        rows, used = compare_run_with_seeds(run, seeds, run_is_a=not seeded[0])
+        how = (f"{run} (one run) against each seed of {seeds} ({_seed_list(used)}): mean "
+               "over those seeds (t-interval; the one run's own seed spread is not in it)")
     else:
         rows = compare_runs(folder_a, folder_b, resamples, seed)
         how = f"paired bootstrap over the same dev examples, {resamples:,} resamples"
     return rows, how
+
+
+def _seed_list(seeds) -> str:
+    return f"{len(seeds)} seeds: {', '.join(str(s) for s in seeds)}"
 
 
 def format_differences(rows: list[Difference], name_a: str, name_b: str, how: str) -> str:

@@ -99,7 +99,8 @@ def test_runs_scored_on_different_examples_are_refused(tmp_path, capsys):
 
 def test_seed_folders_are_compared_seed_by_seed(tmp_path, capsys):
     import json
-    for name, overall in (("a", [0.72, 0.73, 0.74]), ("b", [0.70, 0.72, 0.71])):
+    # a holds a fourth seed that b lacks: only the common three count, and the header names them
+    for name, overall in (("a", [0.72, 0.73, 0.74, 0.99]), ("b", [0.70, 0.72, 0.71])):
         (tmp_path / name).mkdir()
         runs = {str(s): {"sst": 0.5, "overall": v} for s, v in enumerate(overall)}
         (tmp_path / name / "seeds.json").write_text(json.dumps({"runs": runs}))
@@ -107,7 +108,7 @@ def test_seed_folders_are_compared_seed_by_seed(tmp_path, capsys):
     out = capsys.readouterr().out
     # differences 0.02, 0.01, 0.03: mean 0.02, s 0.01, t(0.975, 2) = 4.303
     half = 4.302653 * 0.01 / 3 ** 0.5
-    assert "mean over the common seeds" in out
+    assert "mean over the common seeds (3 seeds: 0, 1, 2; t-interval)" in out
     assert f"[{0.02 - half:+.4f}, {0.02 + half:+.4f}]" in out
     line = next(x for x in out.splitlines() if x.startswith("overall"))
     assert "not distinguishable" in line  # +0.02 on average, but three seeds cannot tell
@@ -160,7 +161,7 @@ def test_one_run_is_compared_with_each_seed_of_a_seeds_folder(tmp_path, monkeypa
     out = capsys.readouterr().out
     # 0.80 − (0.70, 0.74, 0.72): mean +0.08, s 0.02, t(0.975, 2) = 4.303
     half = 4.302653 * 0.02 / 3 ** 0.5
-    assert "(one run) against each seed of" in out
+    assert "(one run) against each seed of" in out and "(3 seeds: 0, 1, 2)" in out
     line = next(x for x in out.splitlines() if x.startswith("sst"))
     assert f"[{0.08 - half:+.4f}, {0.08 + half:+.4f}]" in line and "A better" in line
     # the other way round: seed − run
