@@ -139,7 +139,10 @@ class Trainer:
                                                          self.train_sets.items()},
                       "train_files": self.file_counts, "steps_per_epoch": self.steps_per_epoch,
                       "total_updates": self.total_updates, "device": str(self.device),
-                      "precision": self.precision, "machine": machine_summary()})
+                      "precision": self.precision, "machine": machine_summary(),
+                      **({"regularizers": described} if (described := {
+                          r.name: r.describe() for r in self.regularizers if r.describe()})
+                         else {})})
         if self.main:
             tqdm.write(f"device {self.device}, precision {self.precision}")
         self.model.train()

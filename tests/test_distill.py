@@ -2,6 +2,7 @@
 checks on teachers, and a student trained with it."""
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -96,6 +97,28 @@ def test_teacher_annealing_moves_the_target_from_the_teachers_to_the_gold_labels
         Distill({"nli": [folder]}, tasks=tasks)
     with pytest.raises(ValueError, match="anneal = 'cosine'; use one of none, linear"):
         Distill([folder], anneal="cosine", tasks=tasks)
+
+
+def test_a_resumed_student_keeps_the_teachers_it_started_with(teacher, tiny_checkpoint):
+    """A --seeds folder of teachers that gains seeds while the student runs: the resumed
+    student goes on with the runs it started with (they are in its checkpoint), and says so."""
+    from minbert.data import MinbertWarning
+    tasks, _, _ = a_student(teacher, tiny_checkpoint)
+    folder = str(teacher / "teacher")
+    started = Distill({"sst": [folder]}, tasks=tasks)
+    state = started.state_dict()
+    assert state["teachers"] == started.describe()["teachers"] == {"sst": [folder]}
+    now = Distill({"sst": [folder, folder]}, tasks=tasks)  # the folder "gained" a seed
+    now.cache["sst"] = {0: torch.zeros(5)}
+    with pytest.warns(MinbertWarning, match=r"resumes with the teachers it started with "
+                                            r"\(sst: 1 run\(s\)\); .* sst: 2 run\(s\)"):
+        now.load_state_dict(state)
+    assert now.folders == {"sst": [folder]} and now.cache == {}
+    same = Distill({"sst": [folder]}, tasks=tasks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing changed: no warning
+        same.load_state_dict(state)
+    assert same.folders == {"sst": [folder]}
 
 
 def test_teachers_are_checked(teacher, tiny_checkpoint):
@@ -272,6 +295,12 @@ def test_distill_trains_the_specialists_then_their_student(teacher, tiny_checkpo
     assert distill["teachers"] == {t: [str(tmp_path / "bam" / f"specialist-{t}")]
                                    for t in ("sst", "quora", "sts")}
     assert distill["anneal"] == "linear" and distill["weight"] == 0.5
+    start = json.loads((tmp_path / "bam" / "student" / "seed-1" / "log.jsonl")
+                       .read_text().splitlines()[0])
+    assert start["type"] == "start"  # the log names each teacher run, the folders resolved
+    assert start["regularizers"]["distill"]["teachers"] == {
+        t: [str(tmp_path / "bam" / f"specialist-{t}" / f"seed-{s}") for s in (0, 1)]
+        for t in ("sst", "quora", "sts")}
     assert (tmp_path / "bam" / "specialist-sts" / "seed-1" / "best.pt").is_file()
     assert cli.main(["compare", str(tmp_path / "bam" / "student"), str(tmp_path / "bam")]) == 0
     assert "\noverall " in capsys.readouterr().out

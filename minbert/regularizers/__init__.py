@@ -40,5 +40,10 @@ class Regularizer:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def describe(self) -> dict:
+        """What the run's start record says about it beyond its config (e.g. distill's
+        teacher runs, each folder resolved); empty when the config says it all."""
+        return {}
+
 
 from minbert.regularizers import anchor, distill, smart  # noqa: E402,F401  (registers the built-ins)

@@ -21,12 +21,19 @@ or scores), as `minbert evaluate RUN RUN ...` averages them, turned back into lo
 task (`Task.mean_logits`). Teachers run in eval mode on the batch the student sees (so
 they must share its tokenizer and each task's pair encoding), once per example: their
 outputs are cached by example, and later epochs cost nothing extra.
+
+A `--seeds` or specialists folder stands for the runs it holds when training starts; the
+run's start record in log.jsonl lists them, and a resumed run keeps them, even if the
+folder has gained seeds since.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 
 from minbert.config import DIVERGENCES
+from minbert.data import MinbertWarning
 from minbert.regularizers import REGULARIZERS, Regularizer
 
 ANNEALING = ("none", "linear")
@@ -125,10 +132,23 @@ class Distill(Regularizer):
         return (1 - gold) * (term - task.loss(logits.float(), batch.labels))
 
     def state_dict(self) -> dict:
-        return {"updates": self.updates}
+        return {"updates": self.updates, "teachers": self.folders}
 
     def load_state_dict(self, state: dict) -> None:
         self.updates = int(state.get("updates", 0))
+        started = state.get("teachers")
+        if started and started != self.folders:  # a teachers' folder gained or lost seeds
+            warnings.warn(MinbertWarning(
+                "regularizers.distill: the run resumes with the teachers it started with "
+                f"({_listed(started)}); its config's folders now hold {_listed(self.folders)}"))
+            self.folders, self.teachers, self.cache = started, None, {}
+
+    def describe(self) -> dict:
+        return {"teachers": self.folders}
+
+
+def _listed(folders: dict[str, list[str]]) -> str:
+    return "; ".join(f"{name}: {len(runs)} run(s)" for name, runs in folders.items())
 
 
 def _teacher_folders(teachers, tasks: dict) -> dict[str, list[str]]:
