@@ -68,6 +68,8 @@ class DataConfig:
 class TrainConfig:
     mode: str = "full-model"          # full-model | last-linear-layer
     epochs: int = 3
+    specialist_epochs: int = 0        # --specialists/--distill: each specialist's epochs
+                                      # (0: train.epochs; a task's own tasks.X.epochs wins)
     lr: float = 5e-5
     head_lr: float = 0.0              # 0: same as lr
     weight_decay: float = 0.01
@@ -201,6 +203,7 @@ _RANGES = {
     "data.validation": (0, 0.5, True, True),
     "data.validation_seed": (0, MAX_SEED, True, True),
     "train.epochs": (1, None, True, None),
+    "train.specialist_epochs": (0, None, True, None),
     "train.lr": (0, None, False, None),
     "train.head_lr": (0, None, True, None),
     "train.weight_decay": (0, None, True, None),

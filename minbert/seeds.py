@@ -108,7 +108,8 @@ def specialist_config(config: RunConfig, task: str) -> RunConfig:
     specialists are what a student distils)."""
     smart = replace(config.smart, tasks=[t for t in config.smart.tasks if t == task])
     budget = config.tasks.get(task, {}).get("epochs")  # the task's own epochs, if any
-    train = replace(config.train, epochs=math.ceil(budget)) if budget else config.train
+    epochs = math.ceil(budget) if budget else config.train.specialist_epochs
+    train = replace(config.train, epochs=epochs) if epochs else config.train
     return replace(config, run_dir=str(Path(config.run_dir) / f"{SPECIALIST}{task}"),
                    data=replace(config.data, tasks=[task]), smart=smart, train=train,
                    regularizers={k: v for k, v in config.regularizers.items()
@@ -138,14 +139,14 @@ MULTITASK = "multitask"  # RUN/multitask/: the multi-task stage of `train --fine
 def finetune_configs(config: RunConfig, epochs: int) -> tuple[RunConfig, RunConfig]:
     """MT-DNN's recipe (Liu et al. 2019) as two configs: the multi-task run, in
     RUN_DIR/multitask, and the recipe whose specialists (RUN_DIR/specialist-TASK) each
-    start from it and fine-tune their task alone for `epochs` (per-task epochs budget the
-    multi-task stage only)."""
+    start from it and fine-tune their task alone for `epochs` (per-task epochs and
+    train.specialist_epochs budget the multi-task stage only)."""
     parent = Path(config.run_dir)
     multi = replace(config, run_dir=str(parent / MULTITASK))
     tasks = {name: {k: v for k, v in spec.items() if k != "epochs"}
              for name, spec in config.tasks.items()}
     tuned = replace(config, tasks=tasks, model=replace(config.model, init_from=multi.run_dir),
-                    train=replace(config.train, epochs=epochs))
+                    train=replace(config.train, epochs=epochs, specialist_epochs=0))
     return multi, tuned
 
 

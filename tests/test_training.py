@@ -380,3 +380,15 @@ def test_a_specialist_trains_for_its_tasks_epochs():
     config = checked_config({"tasks": {"sst": {"epochs": 1.5}}, "train": {"epochs": 3}})
     assert specialist_config(config, "sst").train.epochs == 2
     assert specialist_config(config, "sts").train.epochs == 3
+    # train.specialist_epochs: the specialists' own count (the student keeps train.epochs)
+    config = checked_config({"tasks": {"sst": {"epochs": 1.5}},
+                             "train": {"epochs": 3, "specialist_epochs": 1}})
+    assert specialist_config(config, "sst").train.epochs == 2  # the task's budget wins
+    assert specialist_config(config, "sts").train.epochs == 1
+    from minbert.seeds import student_config
+    assert student_config(config).train.epochs == 3
+    from minbert.seeds import finetune_configs
+    _, tuned = finetune_configs(config, 1)  # --finetune 1: one epoch, whatever else is set
+    assert specialist_config(tuned, "sts").train.epochs == 1
+    with pytest.raises(ConfigKeyError, match="train.specialist_epochs"):
+        checked_config({"train": {"specialist_epochs": -1}})
