@@ -135,14 +135,13 @@ class Trainer:
         resumed = self.resume_if_possible()
         if not resumed and self.main:
             self.folder.write_config(self.config.to_dict())
+            described = {r.name: info for r in self.regularizers if (info := r.describe())}
             self.log({"type": "start", "train_examples": {n: len(d) for n, d in
                                                          self.train_sets.items()},
                       "train_files": self.file_counts, "steps_per_epoch": self.steps_per_epoch,
                       "total_updates": self.total_updates, "device": str(self.device),
                       "precision": self.precision, "machine": machine_summary(),
-                      **({"regularizers": described} if (described := {
-                          r.name: r.describe() for r in self.regularizers if r.describe()})
-                         else {})})
+                      **({"regularizers": described} if described else {})})
         if self.main:
             tqdm.write(f"device {self.device}, precision {self.precision}")
         self.model.train()
