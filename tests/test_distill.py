@@ -67,7 +67,41 @@ def test_the_term_is_the_divergence_from_the_teachers_mean(teacher, tiny_checkpo
         expected = 0.5 * task.divergence(logits, task.mean_logits([teacher_logits] * 2), "kl")
         assert distill(student, task, batch, logits).item() == pytest.approx(expected.item(),
                                                                               rel=1e-5)
-        assert sorted(distill.cache[name]) == [0, 1, 2, 3]  # cached by example
+        assert len(distill.cache[name]) == 4  # cached by example
+
+
+def test_teacher_outputs_are_scored_once_for_every_student_of_the_process(
+        teacher, tiny_checkpoint):
+    """The seeds of one command share the teachers' outputs, keyed by each example's tokens
+    (not its position, which a seed's subsample changes): a second student with the same
+    teachers runs them only on examples no student has seen."""
+    from minbert.regularizers import distill as module
+    module._SHARED.clear()
+    tasks, student, train_sets = a_student(teacher, tiny_checkpoint)
+    folder = str(teacher / "teacher")
+    first = Distill({"sst": [folder]}, tasks=tasks)
+    task, examples = tasks["sst"], train_sets["sst"]
+    batch = examples.batch([0, 1, 2, 3])
+    expected = first.targets(student, task, batch, "cpu")
+    second = Distill({"sst": [folder]}, tasks=tasks)
+    second._load(student, "cpu")
+    assert second.cache["sst"] is first.cache["sst"]
+    scored = []
+    reference = second.teachers["sst"][0].model
+    second.teachers["sst"][0].model = lambda part: scored.append(part.size) or reference(part)
+    # the same examples in another order and batch: looked up, the teacher not run
+    again = second.targets(student, task, examples.batch([3, 1, 0, 2]), "cpu")
+    assert scored == [] and torch.equal(again, expected[[3, 1, 0, 2]])
+    # two new examples beside two known ones: only the new ones reach the teacher
+    mixed = second.targets(student, task, examples.batch([2, 5, 0, 6]), "cpu")
+    assert scored == [2] and torch.equal(mixed[[0, 2]], expected[[2, 0]])
+    with torch.no_grad():
+        alone = reference(examples.batch([5, 6])).float()
+    assert torch.allclose(mixed[[1, 3]], task.mean_logits([alone]), atol=1e-6)
+    # other teachers (here: the same run twice, an ensemble) get their own entries
+    other = Distill({"sst": [folder, folder]}, tasks=tasks)
+    other._load(student, "cpu")
+    assert other.cache["sst"] is not first.cache["sst"] and not other.cache["sst"]
 
 
 def test_teacher_annealing_moves_the_target_from_the_teachers_to_the_gold_labels(

@@ -20,7 +20,11 @@ The teachers' target for a batch is the mean of their predictions (class probabi
 or scores), as `minbert evaluate RUN RUN ...` averages them, turned back into logits by the
 task (`Task.mean_logits`). Teachers run in eval mode on the batch the student sees (so
 they must share its tokenizer and each task's pair encoding), once per example: their
-outputs are cached by example, and later epochs cost nothing extra.
+outputs are cached by the example's tokens, for this process, so later epochs, and the
+later seeds of one `--seeds` command, cost nothing extra. (A teacher's output for an
+example does not depend on the batch around it; on the CPU this was checked to hold to the
+last bit, so a seed trained after another in one command gets the targets it would get
+alone.)
 
 A `--seeds` or specialists folder stands for the runs it holds when training starts; the
 run's start record in log.jsonl lists them, and a resumed run keeps them, even if the
@@ -38,6 +42,10 @@ from minbert.regularizers import REGULARIZERS, Regularizer
 
 ANNEALING = ("none", "linear")
 
+# The teachers' mean outputs, by (task, teacher weights) and then by example tokens: shared
+# by every student this process trains, so the seeds of one command score each example once.
+_SHARED: dict[tuple, dict[bytes, torch.Tensor]] = {}
+
 
 @REGULARIZERS.register
 class Distill(Regularizer):
@@ -50,7 +58,7 @@ class Distill(Regularizer):
         self.check_options(weight, divergence, anneal)
         self.weight, self.kind, self.anneal = float(weight), divergence, anneal
         self.teachers = None  # task -> loaded runs, on first use
-        self.cache: dict[str, dict[int, torch.Tensor]] = {}
+        self.cache: dict[str, dict[bytes, torch.Tensor]] = {}  # task -> its _SHARED entry
         self.updates, self.total_updates = 0, 1
 
     @staticmethod
@@ -103,6 +111,8 @@ class Distill(Regularizer):
                                      f"{model.encodings[name]!r}; teachers and student must "
                                      "share each task's pair encoding")
             self.teachers[name] = [runs[folder] for folder in folders]
+            self.cache[name] = _SHARED.setdefault(
+                (name, *(_weights_stamp(run.folder) for run in self.teachers[name])), {})
 
     @torch.no_grad()
     def targets(self, model, task, batch, device) -> torch.Tensor:
@@ -110,16 +120,17 @@ class Distill(Regularizer):
         (cached)."""
         if self.teachers is None:
             self._load(model, device)
-        cache = self.cache.setdefault(task.name, {})
-        missing = [i for i, index in enumerate(batch.indices) if int(index) not in cache]
+        cache = self.cache[task.name]
+        keys = _example_keys(batch)
+        missing = [i for i, key in enumerate(keys) if key not in cache]
         if missing:
             rows = torch.as_tensor(missing)
             part = (batch.select(rows) if len(missing) < batch.size else batch).to(device)
             outputs = [run.model(part).float() for run in self.teachers[task.name]]
             mean = task.mean_logits(outputs).cpu()
             for position, row in enumerate(missing):
-                cache[int(batch.indices[row])] = mean[position]
-        return torch.stack([cache[int(i)] for i in batch.indices]).to(device)
+                cache[keys[row]] = mean[position]
+        return torch.stack([cache[key] for key in keys]).to(device)
 
     def __call__(self, model, task, batch, logits):
         if not self.weight or task.name not in self.folders:
@@ -145,6 +156,26 @@ class Distill(Regularizer):
 
     def describe(self) -> dict:
         return {"teachers": self.folders}
+
+
+def _weights_stamp(folder) -> tuple:
+    """A teacher's weights file, named by path, size and change time (a folder retrained in
+    this process gets new entries)."""
+    path = folder.best if folder.best.is_file() else folder.path / "heads.safetensors"
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+def _example_keys(batch) -> list[bytes]:
+    """Each example of the batch as bytes: its tokens and token types in every segment,
+    padding left out (the same example in any batch, seed or subsample gives the same key)."""
+    rows = []
+    for segment in batch.segments:
+        ids, types, mask = (segment[k].cpu() for k in ("input_ids", "token_type_ids",
+                                                        "attention_mask"))
+        rows.append([torch.cat([m.sum().reshape(1), i[m.bool()], t[m.bool()]]).numpy()
+                     .tobytes() for i, t, m in zip(ids, types, mask)])
+    return [b"".join(parts) for parts in zip(*rows)]  # each segment led by its length
 
 
 def _listed(folders: dict[str, list[str]]) -> str:
