@@ -475,7 +475,9 @@ def train(plan: Plan | RunConfig, overwrite: bool = False, on_epoch=None,
         train_sets, validation_sets, counts = encode_train(config, plan.tasks, tokenizer)
         dev_sets = encode_split(config, plan.tasks, tokenizer, "dev")
         try:
-            return Trainer(plan, model, train_sets, dev_sets, counts, validation_sets,
-                           on_epoch, score_dev).fit()
+            metrics = Trainer(plan, model, train_sets, dev_sets, counts, validation_sets,
+                              on_epoch, score_dev).fit()
+            distributed.barrier()  # every rank past its last collective before the group goes
+            return metrics
         finally:
             distributed.shutdown()
