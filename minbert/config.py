@@ -76,6 +76,9 @@ class TrainConfig:
     layer_decay: float = 1.0          # encoder layer i's lr: lr * layer_decay^(top - i); 1: off
     average_last: int = 0             # N >= 2: the mean weights of the last N epochs are one
                                       # more candidate for best.pt (0: off)
+    keep_finished: bool = False       # a task past its tasks.X.epochs keeps its predictions:
+                                      # what it reads (shared encoder, own layers, head) is
+                                      # frozen while the other tasks train on
     warmup: float = 0.1               # fraction of all updates
     clip_norm: float = 1.0            # 0: no clipping
     sampler: str = "round-robin"      # a name in minbert.samplers.SAMPLERS

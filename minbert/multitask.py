@@ -191,3 +191,16 @@ class MultiTaskModel(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def own_parameters(self, task: str) -> list[nn.Parameter]:
+        """What `task` alone reads: its own top layers and its head."""
+        own = [self.heads[task]] + ([self.task_layers[task]] if task in self.task_layers
+                                    else [])
+        return [p for module in own for p in module.parameters()]
+
+    def frozen_for(self, finished: list[str]) -> list[nn.Parameter]:
+        """What stays as it is once the `finished` tasks are past their epochs: what they
+        read (the shared encoder, their own layers and heads)."""
+        if not finished:
+            return []
+        return [*self.encoder.parameters(), *(p for t in finished for p in self.own_parameters(t))]

@@ -123,6 +123,11 @@ class Trainer:
         self.tensorboard = TensorBoard(self.run_dir / "tensorboard", self.selection) \
             if cfg.tensorboard and self.main else None
 
+    def finished(self, epoch: int) -> list[str]:
+        """train.keep_finished: the tasks past their epochs, whose weights stay as they are."""
+        return [name for name, task in self.tasks.items() if task.epoch_share(epoch) == 0] \
+            if self.config.train.keep_finished else []
+
     def _plan(self, epoch: int):
         return plan_epoch(self.train_sets, self.config.data.batch_size, self.sampler,
                           self.config.train.seed, epoch,
@@ -147,6 +152,8 @@ class Trainer:
         self.model.train()
         while self.epoch < cfg.epochs:
             steps = self._plan(self.epoch)
+            for p in self.model.frozen_for(self.finished(self.epoch)):
+                p.requires_grad_(False)
             progress = Progress(len(steps), f"epoch {self.epoch + 1}", initial=self.step,
                                 enabled=self.main)
             window = {"tokens": 0, "slots": 0, "examples": 0, "time": time.perf_counter(),

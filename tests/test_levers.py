@@ -262,3 +262,51 @@ def test_own_layers_change_nothing_for_a_task_trained_alone(tmp_path, tiny_check
     assert metrics[0] == metrics[1]
     for key, value in models[0].encoder_state("sts").items():
         assert torch.equal(models[1].encoder_state("sts")[key], value), key
+
+
+def _keep_finished_values(tmp_path, checkpoint, run, **train):
+    values = _values(tmp_path, checkpoint, run, epochs=2, lr=1e-2, keep_finished=True, **train)
+    values["tasks"]["sst"]["epochs"] = values["tasks"]["quora"]["epochs"] = 1
+    values["tasks"]["sts"].update(pair_encoding="bi", own_layers=1)
+    return values
+
+
+def test_a_task_past_its_epochs_keeps_its_weights_while_another_trains_on(
+        tmp_path, tiny_checkpoint):
+    """train.keep_finished: in the second epoch STS trains alone and moves only its own top
+    layer; what SST and Quora read stays as the first epoch left it, also across a resume
+    inside that epoch. Without the option STS's epoch moves the shared encoder."""
+    from minbert.runs import load_state
+    after_first = {}
+
+    def keep(run):
+        def on_epoch(epoch, metrics):
+            if epoch == 1:
+                after_first[run] = load_state(tmp_path / run / "checkpoint.pt")["model"]
+        return on_epoch
+
+    train(checked_config(_keep_finished_values(tmp_path, tiny_checkpoint, "whole")),
+          on_epoch=keep("whole"))
+    interrupted = _keep_finished_values(tmp_path, tiny_checkpoint, "resumed", max_steps=3,
+                                        checkpoint_every=1)
+    train(checked_config(interrupted), on_epoch=keep("resumed"))
+    stopped = load_state(tmp_path / "resumed" / "checkpoint.pt")
+    assert stopped["epoch"] == 1 and stopped["step"] > 0  # inside the second epoch
+    interrupted["train"]["max_steps"] = 0
+    train(checked_config(interrupted))
+    plain = _keep_finished_values(tmp_path, tiny_checkpoint, "plain")
+    plain["train"]["keep_finished"] = False
+    train(checked_config(plain), on_epoch=keep("plain"))
+    final = {run: load_state(tmp_path / run / "checkpoint.pt")["model"]
+             for run in ("whole", "resumed", "plain")}
+    for run in ("whole", "resumed"):
+        for key, value in after_first[run].items():
+            moved = not torch.equal(final[run][key], value)
+            assert moved == key.startswith(("task_layers.sts.", "heads.sts.")), (run, key)
+        assert any(not torch.equal(final[run][k], v) for k, v in after_first[run].items()
+                   if k.startswith("task_layers.sts."))
+    for key, value in final["whole"].items():  # the resumed run is the uninterrupted one
+        assert torch.equal(final["resumed"][key], value), key
+    key = "encoder.encoder.layer.0.output.dense.weight"
+    assert not torch.equal(final["plain"][key], after_first["plain"][key])
+

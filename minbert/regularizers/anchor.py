@@ -46,8 +46,10 @@ class Anchor(Regularizer):
                             for g in optimizer.param_groups]
         with torch.no_grad():
             for group, (params, anchors) in zip(optimizer.param_groups, self._groups):
-                if params and group["lr"] * self.weight > 0:
-                    torch._foreach_lerp_(params, anchors, min(1.0, group["lr"] * self.weight))
+                live = [(p, a) for p, a in zip(params, anchors) if p.requires_grad]
+                if live and group["lr"] * self.weight > 0:  # frozen weights stay as they are
+                    torch._foreach_lerp_([p for p, _ in live], [a for _, a in live],
+                                         min(1.0, group["lr"] * self.weight))
 
     def state_dict(self):
         return {"anchors": self.anchors}
