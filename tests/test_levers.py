@@ -303,10 +303,7 @@ def test_a_task_past_its_epochs_keeps_its_weights_while_another_trains_on(
         for key, value in after_first[run].items():
             moved = not torch.equal(final[run][key], value)
             assert moved == key.startswith(("task_layers.sts.", "heads.sts.")), (run, key)
-        assert any(not torch.equal(final[run][k], v) for k, v in after_first[run].items()
-                   if k.startswith("task_layers.sts."))
     for key, value in final["whole"].items():  # the resumed run is the uninterrupted one
         assert torch.equal(final["resumed"][key], value), key
     key = "encoder.encoder.layer.0.output.dense.weight"
     assert not torch.equal(final["plain"][key], after_first["plain"][key])
-
