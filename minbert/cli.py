@@ -278,16 +278,8 @@ def cmd_export(args):
 
 
 def cmd_data(args):
-    if args.data_command == "convert":
-        from minbert.convert import convert
-        report = convert(args.kind, args.source, args.out)
-        print(f"wrote {args.out}: {report}")
-    else:
-        from minbert.fetch import fetch
-        counts = fetch(args.datasets, args.out, seed=args.seed)
-        for file, n in counts.items():
-            print(f"wrote {Path(args.out) / file} ({n:,} rows)")
-    return 0
+    from minbert.data_commands import run
+    return run(args)
 
 
 EXAMPLES = {
@@ -303,7 +295,9 @@ EXAMPLES = {
     "report": "minbert report runs/quick runs/lean-cpu --out reports/ablation",
     "compare": "minbert compare runs/lean-cpu runs/quick",
     "export": "minbert export runs/quick exports/quick --onnx",
-    "data": "minbert data convert snli snli_1.0_train.jsonl data-extra/snli-train.csv",
+    "data": "minbert data convert snli snli_1.0_train.jsonl data-extra/snli-train.csv\n"
+            "  minbert data label runs/ld/specialist-sts --task sts --texts-of quora "
+            "--out silver.csv",
 }
 
 
@@ -425,17 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(OUT/onnx/encoder.onnx) and each task's head (OUT/onnx/TASK.onnx, "
                         "probabilities or scores out)")
     p.set_defaults(func=cmd_export)
-    p = _command(sub, "data", "convert extra training data; fetch the datasets")
-    data = p.add_subparsers(dest="data_command", required=True)
-    q = data.add_parser("convert", help="SNLI jsonl or Yelp CSV -> a task file")
-    q.add_argument("kind", choices=["snli", "yelp"])
-    q.add_argument("source", help="snli_1.0_train.jsonl, or yelp_review_full_csv/train.csv")
-    q.add_argument("out", help="the task file to write, e.g. data/snli-train.csv")
-    q = data.add_parser("fetch", help="download the datasets (needs a network and `datasets`)")
-    q.add_argument("datasets", nargs="*", default=["sst", "quora", "sts"],
-                   help="some of sst quora sts snli yelp (default: sst quora sts)")
-    q.add_argument("--out", default="data", help="output folder (default ./data)")
-    q.add_argument("--seed", type=int, default=0, help="seed of the 10%% Quora subset")
+    p = _command(sub, "data", "convert, label (by teachers) or fetch training data")
+    from minbert.data_commands import add_arguments
+    add_arguments(p)
     p.set_defaults(func=cmd_data)
     return parser
 

@@ -4,9 +4,11 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
+import minbert
 from minbert import cli
 from minbert.build import checked_config, encode_train
 from minbert.config import ConfigKeyError
@@ -340,3 +342,52 @@ def test_distill_trains_the_specialists_then_their_student(teacher, tiny_checkpo
     assert "\noverall " in capsys.readouterr().out
     assert cli.main(["train", "--config", str(config), "--distill", "--finetune"]) == 2
     assert "--finetune and --distill: choose one" in capsys.readouterr().err
+
+
+def test_teachers_label_another_tasks_training_texts_left_out_of_validation(
+        teacher, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_task_files(data, repeat=4)
+    (data / "quora-train-subset.csv").write_bytes((data / "quora-train.csv").read_bytes())
+    out = tmp_path / "silver.csv"
+    assert cli.main(["data", "label", str(teacher / "teacher"), "--task", "sts",
+                     "--texts-of", "quora", "--out", str(out), "--data-dir", str(data),
+                     "--validation", "0.3"]) == 0
+    assert "labelled for sts" in capsys.readouterr().out
+    quora = build_task("quora", {})
+    kept, held, _ = quora.read_train_and_validation(data, 0, 0.3)
+    silver = build_task("sts", {}).read(out)
+    # the training pairs only, in order, each with the teacher's score
+    assert silver.ids == kept.ids and silver.texts == kept.texts and len(held) > 0
+    scores = minbert.load(teacher / "teacher").predict("sts", list(zip(*kept.texts))).scores
+    assert np.allclose(silver.labels, scores, atol=1e-4)
+    assert len(set(np.round(silver.labels, 3))) > 1
+
+    # in a task's train_files with hold_out = false, none of it joins the validation split
+    spec = {"train_files": ["sts-train.csv", {"path": str(out), "hold_out": False}],
+            "dev_file": "sts-dev.csv"}
+    train_part, validation, counts = build_task("sts", spec).read_train_and_validation(
+        data, 0, 0.3)
+    assert counts[str(out)] == len(silver) and set(silver.ids) <= set(train_part.ids)
+    assert not set(silver.ids) & set(validation.ids) and len(validation) > 0
+    spec["train_files"][1] = str(out)  # held out as any file by default
+    _, validation, _ = build_task("sts", spec).read_train_and_validation(data, 0, 0.3)
+    assert set(silver.ids) & set(validation.ids)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--task", "para"], "no such task"),
+    (["--task", "sts", "--texts-of", "sst"], "its examples have 1 text(s), task sts reads 2"),
+    (["--validation", "1.5"], "--validation 1.5"),
+])
+def test_labelling_errors_name_the_option(teacher, tmp_path, capsys, options, message):
+    args = ["data", "label", str(teacher / "teacher"), "--task", "sts", "--texts-of", "quora",
+            "--out", str(tmp_path / "out.csv"), "--data-dir", str(teacher / "data"), *options]
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out.csv").exists()
+
+
+def test_hold_out_is_checked():
+    with pytest.raises(ValueError, match="hold_out is true or false"):
+        build_task("sts", {"train_files": [{"path": "a.csv", "hold_out": "no"}]})

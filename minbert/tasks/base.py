@@ -103,10 +103,14 @@ class Task:
         for entry in self.train_files:
             entry = {"path": entry} if isinstance(entry, str) else entry
             if (not isinstance(entry, dict) or not isinstance(entry.get("path"), str)
-                    or set(entry) - {"path", "subsample"}):
+                    or set(entry) - {"path", "subsample", "hold_out"}):
                 raise ValueError(f"{where}.train_files: each entry is a file name or "
-                                 f"{{path = \"...\", subsample = N}}, got {entry!r}")
+                                 f"{{path = \"...\", subsample = N, hold_out = false}}, got "
+                                 f"{entry!r}")
             _check_subsample(f"{where}.train_files {entry['path']!r}", entry.get("subsample"))
+            if not isinstance(entry.get("hold_out", True), bool):
+                raise ValueError(f"{where}.train_files {entry['path']!r}: hold_out is true or "
+                                 f"false, got {entry['hold_out']!r}")
         _check_subsample(f"{where}.subsample", self.subsample)
         if not isinstance(self.output_prefix, str) or not _PLAIN_NAME.fullmatch(
                 self.output_prefix):
@@ -178,19 +182,22 @@ class Task:
     def read_train_and_validation(self, data_dir: str | Path, seed: int,
                                   validation: float = 0.0, validation_seed: int = 0
                                   ) -> tuple[Examples, Examples | None, dict[str, int]]:
-        """The training set: every train file (a name, or {path, subsample}), each
-        subsampled on its own, then the whole subsampled; also the count each file gave.
+        """The training set: every train file (a name, or {path, subsample, hold_out}),
+        each subsampled on its own, then the whole subsampled; also the count each file
+        gave.
 
         With `validation` > 0 that share of every file is held out first, before any
         subsampling, stratified by `strata` and chosen by a hash of (validation_seed, task,
         example id): the same examples on every run and machine, whatever the subsampling,
-        order of rows or run seed. The held-out examples are returned as the second value."""
+        order of rows or run seed. The held-out examples are returned as the second value.
+        A file with `hold_out = false` gives none: pairs a teacher labelled, say, should not
+        choose the epoch."""
         parts, held, counts = [], [], {}
         for number, entry in enumerate(self.train_files):
             entry = {"path": entry} if isinstance(entry, str) else dict(entry)
             path = Path(data_dir) / entry["path"]
             part = self.read(path)
-            if validation:
+            if validation and entry.get("hold_out", True):
                 mask = held_out_mask(part.ids, self.strata(part.labels), validation,
                                      f"{validation_seed}:{self.name}")
                 held.append(part.subset(np.flatnonzero(mask)))

@@ -1,0 +1,61 @@
+"""Teacher-labelled training data: one task's texts, labelled by trained runs for another.
+
+    minbert data label runs/ld/specialist-sts --task sts --texts-of quora --out silver.csv
+
+writes a task file for `sts` (id, sentence1, sentence2, similarity) from the Quora
+training pairs, each labelled with the mean prediction of the given runs (a `--seeds` or
+specialists folder stands for its seeds' ensemble): the teachers' knowledge on texts the
+task's own file does not hold. A distillation transfer set, as Augmented SBERT (Thakur et
+al. 2021) labels new pairs for a bi-encoder. A regression task gets the mean score, a
+classification task the ensemble's class.
+
+Only the training share of the source task's files is labelled: with `--validation F`
+(as `data.validation` of the runs that will train on the file, 0.1 in the recipes) the
+examples a run holds out of the source task are left out, so no text of a validation
+split enters training under another task's name. Add the file to the task with
+`hold_out = false`, so that it does not join the task's own validation split either:
+
+    [tasks.sts]
+    train_files = ["sts-train.csv", {path = "/abs/silver.csv", subsample = 6040, hold_out = false}]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from minbert.convert import write_task_file
+from minbert.data import DataError
+from minbert.tasks import build_task
+
+
+def label(runs: Sequence[str | Path], task: str, texts_of: str, data_dir: str | Path,
+          out: str | Path, validation: float = 0.1, validation_seed: int = 0,
+          batch_size: int = 64, progress: bool = False) -> int:
+    """Writes `out`: the training texts of built-in task `texts_of` with `task`'s label
+    from the runs' mean prediction; returns the number of rows."""
+    from minbert.predictor import load
+    if not 0 <= validation < 1:
+        raise ValueError(f"--validation {validation}: a share of the data, 0 ≤ F < 1")
+    if Path(out).is_dir():
+        raise DataError(f"{out}: is a folder; give the path of the file to write")
+    source = build_task(texts_of, {})
+    predictor = load(list(runs))
+    if task not in predictor.tasks:
+        raise ValueError(f"--task {task}: the runs have no such task (they have "
+                         f"{', '.join(predictor.tasks)})")
+    spec = predictor.tasks[task]
+    if len(spec.text_columns) != len(source.text_columns):
+        raise ValueError(f"--texts-of {texts_of}: its examples have "
+                         f"{len(source.text_columns)} text(s), task {task} reads "
+                         f"{len(spec.text_columns)}")
+    examples, _, _ = source.read_train_and_validation(data_dir, 0, validation,
+                                                      validation_seed)
+    inputs = list(zip(*examples.texts))
+    prediction = predictor.predict(task, inputs, batch_size, progress=progress)
+    if prediction.scores is not None:
+        labels = [f"{value:.4f}" for value in prediction.scores]
+    else:
+        labels = [str(int(value)) for value in prediction.labels]
+    rows = (((example_id, *texts, value)) for example_id, texts, value
+            in zip(examples.ids, inputs, labels))
+    return write_task_file(out, (*spec.text_columns, spec.label_column), rows)
