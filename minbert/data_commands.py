@@ -41,10 +41,10 @@ def run(args) -> int:
     elif args.data_command == "label":
         from minbert.config import default_data_dir
         from minbert.labelling import label
-        rows = label(args.runs, args.task, args.texts_of, args.data_dir or default_data_dir(),
+        rows, teachers = label(args.runs, args.task, args.texts_of, args.data_dir or default_data_dir(),
                      args.out, args.validation, args.validation_seed, progress=True)
         print(f"wrote {args.out}: {rows:,} {args.texts_of} examples labelled for "
-              f"{args.task} by {len(args.runs)} run folder(s)")
+              f"{args.task} by the mean of {teachers} run(s)")
     else:
         from minbert.fetch import fetch
         counts = fetch(args.datasets, args.out, seed=args.seed)

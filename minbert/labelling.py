@@ -30,9 +30,9 @@ from minbert.tasks import build_task
 
 def label(runs: Sequence[str | Path], task: str, texts_of: str, data_dir: str | Path,
           out: str | Path, validation: float = 0.1, validation_seed: int = 0,
-          batch_size: int = 64, progress: bool = False) -> int:
+          batch_size: int = 64, progress: bool = False) -> tuple[int, int]:
     """Writes `out`: the training texts of built-in task `texts_of` with `task`'s label
-    from the runs' mean prediction; returns the number of rows."""
+    from the runs' mean prediction; returns the number of rows and of teacher runs."""
     from minbert.predictor import load
     if not 0 <= validation < 1:
         raise ValueError(f"--validation {validation}: a share of the data, 0 ≤ F < 1")
@@ -58,4 +58,5 @@ def label(runs: Sequence[str | Path], task: str, texts_of: str, data_dir: str | 
         labels = [str(int(value)) for value in prediction.labels]
     rows = (((example_id, *texts, value)) for example_id, texts, value
             in zip(examples.ids, inputs, labels))
-    return write_task_file(out, (*spec.text_columns, spec.label_column), rows)
+    return (write_task_file(out, (*spec.text_columns, spec.label_column), rows),
+            len(predictor.members[task]))

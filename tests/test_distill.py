@@ -354,7 +354,7 @@ def test_teachers_label_another_tasks_training_texts_left_out_of_validation(
     assert cli.main(["data", "label", str(teacher / "teacher"), "--task", "sts",
                      "--texts-of", "quora", "--out", str(out), "--data-dir", str(data),
                      "--validation", "0.3"]) == 0
-    assert "labelled for sts" in capsys.readouterr().out
+    assert "labelled for sts by the mean of 1 run(s)" in capsys.readouterr().out
     quora = build_task("quora", {})
     kept, held, _ = quora.read_train_and_validation(data, 0, 0.3)
     silver = build_task("sts", {}).read(out)
