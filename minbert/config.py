@@ -70,6 +70,10 @@ class TrainConfig:
     epochs: int = 3
     specialist_epochs: int = 0        # --specialists/--distill: each specialist's epochs
                                       # (0: train.epochs; a task's own tasks.X.epochs wins)
+    distill_transfer: dict = field(default_factory=dict)  # --distill: {sts = "quora"} or
+                                      # {sts = {texts_of = "quora", subsample = N}}: quora's
+                                      # training texts, labelled by sts's specialists, join
+                                      # the student's sts data (seeds.py)
     lr: float = 5e-5
     head_lr: float = 0.0              # 0: same as lr
     weight_decay: float = 0.01

@@ -25,27 +25,29 @@ from typing import Sequence
 
 from minbert.convert import write_task_file
 from minbert.data import DataError
-from minbert.tasks import build_task
+from minbert.tasks import Task, build_task
 
 
-def label(runs: Sequence[str | Path], task: str, texts_of: str, data_dir: str | Path,
-          out: str | Path, validation: float = 0.1, validation_seed: int = 0,
-          batch_size: int = 64, progress: bool = False) -> tuple[int, int]:
-    """Writes `out`: the training texts of built-in task `texts_of` with `task`'s label
-    from the runs' mean prediction; returns the number of rows and of teacher runs."""
+def label(runs: Sequence[str | Path], task: str, texts_of: str | Task,
+          data_dir: str | Path, out: str | Path, validation: float = 0.1,
+          validation_seed: int = 0, batch_size: int = 64, progress: bool = False
+          ) -> tuple[int, int]:
+    """Writes `out`: the training texts of `texts_of` (a built-in task's name, or a task)
+    with `task`'s label from the runs' mean prediction; returns the number of rows and of
+    teacher runs."""
     from minbert.predictor import load
     if not 0 <= validation < 1:
         raise ValueError(f"--validation {validation}: a share of the data, 0 ≤ F < 1")
     if Path(out).is_dir():
         raise DataError(f"{out}: is a folder; give the path of the file to write")
-    source = build_task(texts_of, {})
+    source = build_task(texts_of, {}) if isinstance(texts_of, str) else texts_of
     predictor = load(list(runs))
     if task not in predictor.tasks:
         raise ValueError(f"--task {task}: the runs have no such task (they have "
                          f"{', '.join(predictor.tasks)})")
     spec = predictor.tasks[task]
     if len(spec.text_columns) != len(source.text_columns):
-        raise ValueError(f"--texts-of {texts_of}: its examples have "
+        raise ValueError(f"--texts-of {source.name}: its examples have "
                          f"{len(source.text_columns)} text(s), task {task} reads "
                          f"{len(spec.text_columns)}")
     examples, _, _ = source.read_train_and_validation(data_dir, 0, validation,

@@ -13,8 +13,8 @@ from minbert.distributed import launched_as_main
 from minbert.evaluation import format_table, overall_score
 from minbert.pretrained import caveats
 from minbert.regularizers.distill import Distill
-from minbert.seeds import (finetune_configs, specialist_config, student_config, train_seeds,
-                           train_specialists)
+from minbert.seeds import (finetune_configs, label_transfer_sets, specialist_config,
+                           student_config, train_seeds, train_specialists, transfer_sets)
 from minbert.training import train
 
 
@@ -86,11 +86,16 @@ def distilled(config: RunConfig, seed_list: list[int] | None, overwrite: bool = 
     """BAM: the specialists in RUN/specialist-TASK, then one multi-task model taught by
     them in RUN/student (compare RUN/student with RUN). The config's own
     [regularizers.distill] options (weight, divergence, anneal) are the student's; its
-    teachers are the specialists."""
+    teachers are the specialists, who also label train.distill_transfer's texts for it
+    (RUN/transfer-TASK.csv)."""
     if "teachers" in config.regularizers.get("distill", {}):
         raise ValueError(f"{source}: regularizers.distill.teachers is set; --distill "
                          "teaches each task by its specialist: remove the key, or train "
                          "without --distill")
+    try:
+        transfer_sets(config)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
     base = replace(config, regularizers={k: v for k, v in config.regularizers.items()
                                          if k != "distill"})
     plan = build_plan(base, source)
@@ -103,6 +108,7 @@ def distilled(config: RunConfig, seed_list: list[int] | None, overwrite: bool = 
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
     specialists(plan, seed_list, overwrite)
+    label_transfer_sets(config, overwrite)  # train.distill_transfer: texts the specialists label
     student_plan = build_plan(student, f"{source} (the student)")  # the teachers exist now
     if launched_as_main():
         print(f"\nthe student: {student.run_dir}")

@@ -24,7 +24,7 @@ from minbert.config import RunConfig
 from minbert.evaluation import overall_score
 from minbert.runs import (SPECIALIST, RunError, RunFolder, seed_runs, specialist_runs,
                           write_text_atomic)
-from minbert.tasks import build_tasks
+from minbert.tasks import BUILTIN, build_task, build_tasks
 from minbert.stats import mean_interval
 from minbert.training import train
 
@@ -109,7 +109,7 @@ def specialist_config(config: RunConfig, task: str) -> RunConfig:
     smart = replace(config.smart, tasks=[t for t in config.smart.tasks if t == task])
     budget = config.tasks.get(task, {}).get("epochs")  # the task's own epochs, if any
     epochs = math.ceil(budget) if budget else config.train.specialist_epochs
-    train = replace(config.train, epochs=epochs) if epochs else config.train
+    train = replace(config.train, epochs=epochs or config.train.epochs, distill_transfer={})
     return replace(config, run_dir=str(Path(config.run_dir) / f"{SPECIALIST}{task}"),
                    data=replace(config.data, tasks=[task]), smart=smart, train=train,
                    regularizers={k: v for k, v in config.regularizers.items()
@@ -162,8 +162,69 @@ def student_config(config: RunConfig) -> RunConfig:
     options = {"anneal": "linear", **config.regularizers.get("distill", {}),
                "teachers": {task: [str(parent / f"{SPECIALIST}{task}")]
                             for task in config.data.tasks}}
-    return replace(config, run_dir=str(parent / STUDENT),
+    tasks = dict(config.tasks)
+    for task, spec in transfer_sets(config).items():  # each with its texts the teachers label
+        own = dict(tasks.get(task, {}))
+        entry = {"path": str(transfer_file(config, task).resolve()), "hold_out": False}
+        if spec.get("subsample") is not None:
+            entry["subsample"] = spec["subsample"]
+        own["train_files"] = [*build_task(task, own).train_files, entry]
+        tasks[task] = own
+    return replace(config, run_dir=str(parent / STUDENT), tasks=tasks,
+                   train=replace(config.train, distill_transfer={}),
                    regularizers={**config.regularizers, "distill": options})
+
+
+TRANSFER = "transfer-"  # RUN/transfer-TASK.csv: texts labelled by TASK's specialists
+
+
+def transfer_file(config: RunConfig, task: str) -> Path:
+    return Path(config.run_dir) / f"{TRANSFER}{task}.csv"
+
+
+def transfer_sets(config: RunConfig) -> dict[str, dict]:
+    """train.distill_transfer, checked: each task of the student -> {texts_of, subsample}
+    (the texts of a built-in task, or of one the config declares)."""
+    sets = {}
+    for task, spec in config.train.distill_transfer.items():
+        where = f"train.distill_transfer.{task}"
+        spec = {"texts_of": spec} if isinstance(spec, str) else spec
+        if task not in config.data.tasks:
+            raise ValueError(f"{where}: {task!r} is not one of data.tasks "
+                             f"({', '.join(config.data.tasks)})")
+        if (not isinstance(spec, dict) or not isinstance(spec.get("texts_of"), str)
+                or set(spec) - {"texts_of", "subsample"}):
+            raise ValueError(f"{where}: a task name, or {{texts_of = \"TASK\", subsample = "
+                             f"N}}, got {spec!r}")
+        if spec["texts_of"] not in {*BUILTIN, *config.tasks}:
+            raise ValueError(f"{where}.texts_of = {spec['texts_of']!r}: no such task (built "
+                             f"in: {', '.join(BUILTIN)})")
+        width = [len(build_task(name, config.tasks.get(name, {})).text_columns)
+                 for name in (task, spec["texts_of"])]
+        if width[0] != width[1]:
+            raise ValueError(f"{where}.texts_of = {spec['texts_of']!r}: its examples have "
+                             f"{width[1]} text(s), {task}'s have {width[0]}")
+        sets[task] = spec
+    return sets
+
+
+def label_transfer_sets(config: RunConfig, overwrite: bool = False) -> None:
+    """Writes each RUN/transfer-TASK.csv that is not there yet (or, with `overwrite`, the
+    specialists retrained, again): the training texts of its source task (less the share
+    a run holds out), labelled by TASK's specialists."""
+    from minbert.labelling import label
+    for task, spec in transfer_sets(config).items():
+        out = transfer_file(config, task)
+        if out.is_file() and not overwrite:  # labelled by these specialists already
+            continue
+        source = build_task(spec["texts_of"], config.tasks.get(spec["texts_of"], {}))
+        rows, teachers = label([Path(config.run_dir) / f"{SPECIALIST}{task}"], task, source,
+                               config.data.dir, out, config.data.validation,
+                               config.data.validation_seed, config.data.eval_batch_size,
+                               progress=distributed.launched_as_main())
+        if distributed.launched_as_main():
+            tqdm.write(f"{out}: {rows:,} {spec['texts_of']} examples labelled for {task} by "
+                       f"its {teachers} specialist run(s)")
 
 
 def specialists_seed_results(folder) -> dict[str, dict]:

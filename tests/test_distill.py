@@ -391,3 +391,43 @@ def test_labelling_errors_name_the_option(teacher, tmp_path, capsys, options, me
 def test_hold_out_is_checked():
     with pytest.raises(ValueError, match="hold_out is true or false"):
         build_task("sts", {"train_files": [{"path": "a.csv", "hold_out": "no"}]})
+
+
+@pytest.mark.slow
+def test_distill_transfer_has_the_specialists_label_another_tasks_texts_for_the_student(
+        teacher, tiny_checkpoint, tmp_path, capsys):
+    """train.distill_transfer: after the specialists, RUN/transfer-TASK.csv holds the
+    source task's training texts (its validation share left out) with TASK's specialists'
+    label, and the student trains on it as one more file that holds nothing out."""
+    from minbert.tuning.study import to_toml
+    values = tiny_config_values(teacher / "data", tiny_checkpoint, tmp_path / "bam", epochs=1)
+    values["data"]["validation"] = 0.3
+    config = tmp_path / "bam.toml"
+    for transfer, message in (({"sts": "sst"}, "its examples have 1 text(s), sts's have 2"),
+                              ({"para": "quora"}, "'para' is not one of data.tasks"),
+                              ({"sts": {"texts_of": "quora", "size": 3}}, "a task name, or")):
+        values["train"]["distill_transfer"] = transfer
+        config.write_text(to_toml(values), encoding="utf-8")
+        assert cli.main(["train", "--config", str(config), "--distill"]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bam").exists()
+    values["train"]["distill_transfer"] = {"sts": {"texts_of": "quora", "subsample": 3}}
+    config.write_text(to_toml(values), encoding="utf-8")
+    assert cli.main(["train", "--config", str(config), "--distill"]) == 0
+    transfer = tmp_path / "bam" / "transfer-sts.csv"
+    assert "transfer-sts.csv: 4 quora examples labelled for sts" in capsys.readouterr().out
+    quora = build_task("quora", values["tasks"]["quora"])
+    kept, held, _ = quora.read_train_and_validation(teacher / "data", 0, 0.3)
+    silver = build_task("sts", {}).read(transfer)
+    assert silver.ids == kept.ids and len(held) > 0
+    scores = minbert.load(tmp_path / "bam" / "specialist-sts").predict(
+        "sts", list(zip(*kept.texts))).scores
+    assert np.allclose(silver.labels, scores, atol=1e-4)
+    saved = json.loads((tmp_path / "bam" / "student" / "config.json").read_text())
+    assert saved["tasks"]["sts"]["train_files"] == [
+        "sts-train.csv", {"path": str(transfer.resolve()), "hold_out": False, "subsample": 3}]
+    assert saved["train"]["distill_transfer"] == {}
+    start = json.loads((tmp_path / "bam" / "student" / "log.jsonl").read_text().splitlines()[0])
+    assert start["train_files"][str(transfer.resolve())] == 3
+    specialist = json.loads((tmp_path / "bam" / "specialist-sts" / "config.json").read_text())
+    assert specialist["train"]["distill_transfer"] == {}
+    assert specialist["tasks"]["sts"]["train_files"] == ["sts-train.csv"]
