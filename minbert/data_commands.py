@@ -41,8 +41,9 @@ def run(args) -> int:
     elif args.data_command == "label":
         from minbert.config import default_data_dir
         from minbert.labelling import label
-        rows, teachers = label(args.runs, args.task, args.texts_of, args.data_dir or default_data_dir(),
-                     args.out, args.validation, args.validation_seed, progress=True)
+        rows, teachers = label(args.runs, args.task, args.texts_of,
+                               args.data_dir or default_data_dir(), args.out, args.validation,
+                               args.validation_seed, progress=True)
         print(f"wrote {args.out}: {rows:,} {args.texts_of} examples labelled for "
               f"{args.task} by the mean of {teachers} run(s)")
     else:

@@ -58,7 +58,7 @@ def label(runs: Sequence[str | Path], task: str, texts_of: str | Task,
         labels = [f"{value:.4f}" for value in prediction.scores]
     else:
         labels = [str(int(value)) for value in prediction.labels]
-    rows = (((example_id, *texts, value)) for example_id, texts, value
-            in zip(examples.ids, inputs, labels))
+    rows = ((example_id, *texts, value)
+            for example_id, texts, value in zip(examples.ids, inputs, labels))
     return (write_task_file(out, (*spec.text_columns, spec.label_column), rows),
             len(predictor.members[task]))

@@ -5,6 +5,8 @@ the mean, standard deviation and 95% t-interval of the mean across seeds).
 with the recipe's settings otherwise, in RUN_DIR/specialist-TASK/ (each a seeds folder
 with --seeds): the single-task models a multi-task model is measured against, and the
 teachers it may distil ([regularizers.distill] teachers = {TASK = ["RUN_DIR/specialist-TASK"]}).
+`minbert train --distill` trains them, then one student in RUN_DIR/student taught by them
+(and, with train.distill_transfer, on other texts they labelled, RUN_DIR/transfer-TASK.csv).
 
 Every seed is a run of its own (locked, resumable: started again, finished seeds are not
 retrained), and a finished seed whose .pt files were deleted, or that another process
