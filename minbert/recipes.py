@@ -36,8 +36,9 @@ def seeds(plan: Plan, seed_list: list[int], overwrite: bool = False) -> int:
     """A run per seed (RUN/seed-N), then their mean, spread and interval."""
     result = train_seeds(plan.config, seed_list, overwrite=overwrite)
     if launched_as_main():
-        spread = len(seed_list) > 1  # one seed: no spread, no interval (not "± nan")
-        print(f"\n{len(seed_list)} seed{'s' if spread else ''} ({plan.config.run_dir}/seeds.json): "
+        count = len(result["runs"])  # with the folder's earlier seeds of this config
+        spread = count > 1  # one seed: no spread, no interval (not "± nan")
+        print(f"\n{count} seed{'s' if spread else ''} ({plan.config.run_dir}/seeds.json): "
               + ("mean, standard deviation and 95% interval of the mean" if spread else
                  "its dev scores (more seeds give a spread and an interval)"))
         for key, s in result["summary"].items():

@@ -58,11 +58,28 @@ def _finished_without_checkpoint(config: RunConfig) -> dict | None:
     return final["dev"]
 
 
+def _earlier_seeds(config: RunConfig, parent: Path, trained: set[int]) -> dict[int, dict]:
+    """The dev scores of the finished seeds the folder holds besides `trained` (an earlier
+    `--seeds 0,1,2` before this `--seeds 3,4`, say), those of the same config only."""
+    found = {}
+    for sub in sorted(parent.glob("seed-*")):
+        seed = sub.name.removeprefix("seed-")
+        if not seed.isdigit() or int(seed) in trained:
+            continue
+        folder = RunFolder(sub)
+        final = folder.final_record() if folder.config_file.is_file() else None
+        same = replace(config, run_dir=str(sub), train=replace(config.train, seed=int(seed)))
+        if final is not None and "dev" in final and not folder.saved_config_changes(same):
+            found[int(seed)] = final["dev"]
+    return found
+
+
 def train_seeds(config: RunConfig, seeds: list[int], overwrite: bool = False) -> dict:
     """One run per seed under the run folder (seed-0/, seed-1/, ...), each an ordinary run
     (locked, resumable: started again, finished seeds are not retrained), then a summary
-    in seeds.json: each task's and the overall mean, standard deviation and 95% interval
-    of the mean across seeds."""
+    in seeds.json of these and of the finished seeds of the same config the folder already
+    holds: each task's and the overall mean, standard deviation and 95% interval of the
+    mean across seeds."""
     if len(set(seeds)) != len(seeds) or not seeds or min(seeds) < 0:
         raise RunError(f"--seeds {seeds}: give distinct non-negative seeds, e.g. 0,1,2")
     parent = Path(config.run_dir)
@@ -74,8 +91,10 @@ def train_seeds(config: RunConfig, seeds: list[int], overwrite: bool = False) ->
             tqdm.write(f"seed {seed}: {run.run_dir}")
         finished = None if overwrite else _finished_without_checkpoint(run)
         results[seed] = finished if finished is not None else train(run, overwrite=overwrite)
+    results.update(_earlier_seeds(config, parent, set(results)))
+    results = dict(sorted(results.items()))
     metrics = [m for m in results.values() if "overall" in m]
-    summary = {"seeds": seeds, "runs": {str(k): v for k, v in results.items()},
+    summary = {"seeds": list(results), "runs": {str(k): v for k, v in results.items()},
                "summary": {key: mean_interval([m[key] for m in metrics])
                            for key in (metrics[0] if metrics else {})}}
     if distributed.launched_as_main():

@@ -263,6 +263,16 @@ def test_seeds_train_one_run_each_and_summarise_them(tmp_path, tiny_checkpoint, 
     assert summary["low"] <= summary["mean"] <= summary["high"]
     saved = json.loads((tmp_path / "runs" / "seeds.json").read_text())
     assert saved["summary"]["overall"]["mean"] == pytest.approx(summary["mean"])
+    # a later command adding seeds summarises the folder's earlier ones of the same config
+    from dataclasses import replace
+    other = replace(config, train=replace(config.train, lr=3e-4))
+    train_seeds(other, [4])  # another config's seed in the same folder: left out
+    capsys.readouterr()
+    assert seeds(build_plan(config), [3]) == 0
+    assert "4 seeds (" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "runs" / "seeds.json").read_text())
+    assert saved["seeds"] == [0, 1, 2, 3] and saved["summary"]["overall"]["n"] == 4
+    assert saved["runs"]["1"] == result["runs"]["1"]
 
 
 def test_the_interval_of_the_mean_is_students_t():
