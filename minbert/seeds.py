@@ -62,15 +62,15 @@ def _earlier_seeds(config: RunConfig, parent: Path, trained: set[int]) -> dict[i
     """The dev scores of the finished seeds the folder holds besides `trained` (an earlier
     `--seeds 0,1,2` before this `--seeds 3,4`, say), those of the same config only."""
     found = {}
-    for sub in sorted(parent.glob("seed-*")):
-        seed = sub.name.removeprefix("seed-")
-        if not seed.isdigit() or int(seed) in trained:
+    for sub in seed_runs(parent):
+        seed = int(sub.name.removeprefix("seed-"))
+        if seed in trained:
             continue
-        folder = RunFolder(sub)
-        final = folder.final_record() if folder.config_file.is_file() else None
-        same = replace(config, run_dir=str(sub), train=replace(config.train, seed=int(seed)))
+        folder, same = RunFolder(sub), replace(config, run_dir=str(sub),
+                                               train=replace(config.train, seed=seed))
+        final = folder.final_record()
         if final is not None and "dev" in final and not folder.saved_config_changes(same):
-            found[int(seed)] = final["dev"]
+            found[seed] = final["dev"]
     return found
 
 
