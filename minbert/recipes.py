@@ -113,5 +113,31 @@ def distilled(config: RunConfig, seed_list: list[int] | None, overwrite: bool = 
     student_plan = build_plan(student, f"{source} (the student)")  # the teachers exist now
     if launched_as_main():
         print(f"\nthe student: {student.run_dir}")
-    return seeds(student_plan, seed_list, overwrite) if seed_list is not None \
-        else one(student_plan, overwrite)
+    if seed_list is not None:
+        seeds(student_plan, seed_list, overwrite)
+    else:
+        one(student_plan, overwrite)
+    if launched_as_main():
+        print(against_specialists(student.run_dir, config.run_dir, seed_list))
+    return 0
+
+
+def against_specialists(student: str, folder: str, seed_list: list[int] | None) -> str:
+    """What --distill prints last: the student against its specialists, task by task (as
+    `minbert compare` prints it), and the commands that make one model of its seeds and an
+    ensemble with its teachers."""
+    from minbert.compare import compare_folders, format_differences
+    from minbert.runs import RunError
+    try:
+        rows, how = compare_folders(student, folder)
+        table = format_differences(rows, student, f"{folder}/specialist-*", how)
+    except (RunError, ValueError) as e:  # the runs are trained and kept: say why, go on
+        table = f"(not compared: {e})"
+    text = f"\nthe student against its specialists (minbert compare {student} {folder}):\n" \
+           + table
+    if seed_list is not None and len(seed_list) > 1:
+        text += ("\n\none model, the mean weights of the student's seeds:\n"
+                 f"  minbert evaluate {student} --average --out {folder}/student-soup\n"
+                 "the ensemble of the student's seeds and their teachers:\n"
+                 f"  minbert evaluate {student} {folder} --out {folder}/ensemble")
+    return text

@@ -325,7 +325,12 @@ def test_distill_trains_the_specialists_then_their_student(teacher, tiny_checkpo
     del values["regularizers"]["distill"]["anneal"]
     config.write_text(to_toml(values), encoding="utf-8")
     assert cli.main(["train", "--config", str(config), "--distill", "--seeds", "0,1"]) == 0
-    assert "the student: " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "the student: " in out
+    verdict = out.split("the student against its specialists")[1]  # printed last, per task
+    assert "mean over the common seeds (2 seeds: 0, 1" in verdict
+    assert all(f"\n{t} " in verdict for t in ("sst", "quora", "sts", "overall"))
+    assert f"minbert evaluate {tmp_path / 'bam' / 'student'} --average" in verdict
     saved = json.loads((tmp_path / "bam" / "student" / "seed-1" / "config.json").read_text())
     distill = saved["regularizers"]["distill"]
     assert distill["teachers"] == {t: [str(tmp_path / "bam" / f"specialist-{t}")]
@@ -414,7 +419,11 @@ def test_distill_transfer_has_the_specialists_label_another_tasks_texts_for_the_
     config.write_text(to_toml(values), encoding="utf-8")
     assert cli.main(["train", "--config", str(config), "--distill"]) == 0
     transfer = tmp_path / "bam" / "transfer-sts.csv"
-    assert "transfer-sts.csv: 4 quora examples labelled for sts" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "transfer-sts.csv: 4 quora examples labelled for sts" in out
+    verdict = out.split("the student against its specialists")[1]  # one run each: bootstrap
+    assert "paired bootstrap over the same dev examples" in verdict and "\nsts " in verdict
+    assert "--average" not in verdict  # one seed: no soup to suggest
     quora = build_task("quora", values["tasks"]["quora"])
     kept, held, _ = quora.read_train_and_validation(teacher / "data", 0, 0.3)
     silver = build_task("sts", {}).read(transfer)
