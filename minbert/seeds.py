@@ -237,6 +237,9 @@ def label_transfer_sets(config: RunConfig, overwrite: bool = False) -> None:
     for task, spec in transfer_sets(config).items():
         out = transfer_file(config, task)
         if out.is_file() and not overwrite:  # labelled by these specialists already
+            if distributed.launched_as_main():
+                tqdm.write(f"{out}: labelled earlier, reused (delete it to have the "
+                           "specialists there now label it again)")
             continue
         source = build_task(spec["texts_of"], config.tasks.get(spec["texts_of"], {}))
         rows, teachers = label([Path(config.run_dir) / f"{SPECIALIST}{task}"], task, source,

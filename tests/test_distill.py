@@ -440,3 +440,7 @@ def test_distill_transfer_has_the_specialists_label_another_tasks_texts_for_the_
     specialist = json.loads((tmp_path / "bam" / "specialist-sts" / "config.json").read_text())
     assert specialist["train"]["distill_transfer"] == {}
     assert specialist["tasks"]["sts"]["train_files"] == ["sts-train.csv"]
+    labels = transfer.read_bytes()
+    assert cli.main(["train", "--config", str(config), "--distill"]) == 0  # all finished
+    assert "transfer-sts.csv: labelled earlier, reused" in capsys.readouterr().out
+    assert transfer.read_bytes() == labels
