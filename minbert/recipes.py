@@ -13,8 +13,9 @@ from minbert.distributed import launched_as_main
 from minbert.evaluation import format_table, overall_score
 from minbert.pretrained import caveats
 from minbert.regularizers.distill import Distill
-from minbert.seeds import (finetune_configs, label_transfer_sets, specialist_config,
-                           student_config, train_seeds, train_specialists, transfer_sets)
+from minbert.seeds import (finetune_configs, label_transfer_sets, seed_results,
+                           specialist_config, student_config, train_seeds, train_specialists,
+                           transfer_sets)
 from minbert.training import train
 
 
@@ -135,7 +136,7 @@ def against_specialists(student: str, folder: str, seed_list: list[int] | None) 
         table = f"(not compared: {e})"
     text = f"\nthe student against its specialists (minbert compare {student} {folder}):\n" \
            + table
-    if seed_list is not None and len(seed_list) > 1:
+    if seed_list is not None and len(seed_results(student)) > 1:  # earlier seeds count too
         text += ("\n\none model, the mean weights of the student's seeds:\n"
                  f"  minbert evaluate {student} --average --out {folder}/student-soup\n"
                  "the ensemble of the student's seeds and their teachers:\n"

@@ -331,6 +331,8 @@ def test_distill_trains_the_specialists_then_their_student(teacher, tiny_checkpo
     assert "mean over the common seeds (2 seeds: 0, 1" in verdict
     assert all(f"\n{t} " in verdict for t in ("sst", "quora", "sts", "overall"))
     assert f"minbert evaluate {tmp_path / 'bam' / 'student'} --average" in verdict
+    assert cli.main(["train", "--config", str(config), "--distill", "--seeds", "1"]) == 0
+    assert "--average" in capsys.readouterr().out  # the folder's seed 0 counts too
     saved = json.loads((tmp_path / "bam" / "student" / "seed-1" / "config.json").read_text())
     distill = saved["regularizers"]["distill"]
     assert distill["teachers"] == {t: [str(tmp_path / "bam" / f"specialist-{t}")]
