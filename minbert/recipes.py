@@ -8,11 +8,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from minbert.build import Plan, build_plan
+from minbert.compare import compare_folders, format_differences
 from minbert.config import RunConfig
 from minbert.distributed import launched_as_main
 from minbert.evaluation import format_table, overall_score
 from minbert.pretrained import caveats
 from minbert.regularizers.distill import Distill
+from minbert.runs import RunError
 from minbert.seeds import (finetune_configs, label_transfer_sets, seed_results,
                            specialist_config, student_config, train_seeds, train_specialists,
                            transfer_sets)
@@ -127,8 +129,6 @@ def against_specialists(student: str, folder: str, seed_list: list[int] | None) 
     """What --distill prints last: the student against its specialists, task by task (as
     `minbert compare` prints it), and the commands that make one model of its seeds and an
     ensemble with its teachers."""
-    from minbert.compare import compare_folders, format_differences
-    from minbert.runs import RunError
     try:
         rows, how = compare_folders(student, folder)
         table = format_differences(rows, student, f"{folder}/specialist-*", how)

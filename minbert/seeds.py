@@ -236,7 +236,7 @@ def label_transfer_sets(config: RunConfig, overwrite: bool = False) -> None:
     from minbert.labelling import label
     for task, spec in transfer_sets(config).items():
         out = transfer_file(config, task)
-        if out.is_file() and not overwrite:  # labelled by these specialists already
+        if out.is_file() and not overwrite:  # labelled earlier (perhaps by fewer seeds)
             if distributed.launched_as_main():
                 tqdm.write(f"{out}: labelled earlier, reused (delete it to have the "
                            "specialists there now label it again)")
