@@ -73,7 +73,8 @@ class TrainConfig:
     distill_transfer: dict = field(default_factory=dict)  # --distill: {sts = "quora"} or
                                       # {sts = {texts_of = "quora", subsample = N}}: quora's
                                       # training texts, labelled by sts's specialists, join
-                                      # the student's sts data (seeds.py)
+                                      # the student's sts data (seeds.py); or
+                                      # {sst = {texts = "FILE"}}: a file's texts
     lr: float = 5e-5
     head_lr: float = 0.0              # 0: same as lr
     weight_decay: float = 0.01

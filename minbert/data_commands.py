@@ -17,8 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     q.add_argument("runs", nargs="+", help="the teachers: run folders (a --seeds or "
                    "specialists folder is its seeds' ensemble)")
     q.add_argument("--task", required=True, help="the task whose labels to write, e.g. sts")
-    q.add_argument("--texts-of", required=True, help="the built-in task whose training "
-                   "texts to label, e.g. quora")
+    texts = q.add_mutually_exclusive_group(required=True)
+    texts.add_argument("--texts-of", help="the built-in task whose training texts to label, "
+                       "e.g. quora")
+    texts.add_argument("--texts", help="a file of texts to label: one sentence a line, or a "
+                       ".csv/.tsv table naming the task's text columns (as predict reads)")
     q.add_argument("--out", required=True, help="the task file to write")
     q.add_argument("--data-dir", help="where the texts' task files are (default: as "
                    "data.dir)")
@@ -40,12 +43,16 @@ def run(args) -> int:
         print(f"wrote {args.out}: {report}")
     elif args.data_command == "label":
         from minbert.config import default_data_dir
-        from minbert.labelling import label
-        rows, teachers = label(args.runs, args.task, args.texts_of,
-                               args.data_dir or default_data_dir(), args.out, args.validation,
-                               args.validation_seed, progress=True)
-        print(f"wrote {args.out}: {rows:,} {args.texts_of} examples labelled for "
-              f"{args.task} by the mean of {teachers} run(s)")
+        from minbert.labelling import label, label_file
+        if args.texts:
+            rows, teachers = label_file(args.runs, args.task, args.texts, args.out,
+                                        progress=True)
+        else:
+            rows, teachers = label(args.runs, args.task, args.texts_of,
+                                   args.data_dir or default_data_dir(), args.out,
+                                   args.validation, args.validation_seed, progress=True)
+        print(f"wrote {args.out}: {rows:,} {args.texts_of or args.texts} examples labelled "
+              f"for {args.task} by the mean of {teachers} run(s)")
     else:
         from minbert.fetch import fetch
         counts = fetch(args.datasets, args.out, seed=args.seed)

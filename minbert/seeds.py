@@ -205,7 +205,8 @@ def transfer_file(config: RunConfig, task: str) -> Path:
 
 def transfer_sets(config: RunConfig) -> dict[str, dict]:
     """train.distill_transfer, checked: each task of the student -> {texts_of, subsample}
-    (the texts of a built-in task, or of one the config declares)."""
+    (the texts of a built-in task, or of one the config declares) or {texts, subsample}
+    (a file of texts, as `minbert data label --texts` reads; relative to data.dir)."""
     sets = {}
     for task, spec in config.train.distill_transfer.items():
         where = f"train.distill_transfer.{task}"
@@ -213,10 +214,17 @@ def transfer_sets(config: RunConfig) -> dict[str, dict]:
         if task not in config.data.tasks:
             raise ValueError(f"{where}: {task!r} is not one of data.tasks "
                              f"({', '.join(config.data.tasks)})")
-        if (not isinstance(spec, dict) or not isinstance(spec.get("texts_of"), str)
-                or set(spec) - {"texts_of", "subsample"}):
-            raise ValueError(f"{where}: a task name, or {{texts_of = \"TASK\", subsample = "
-                             f"N}}, got {spec!r}")
+        source = set(spec) & {"texts_of", "texts"} if isinstance(spec, dict) else set()
+        if (len(source) != 1 or not isinstance(spec[source.pop()], str)
+                or set(spec) - {"texts_of", "texts", "subsample"}):
+            raise ValueError(f"{where}: a task name, {{texts_of = \"TASK\", subsample = N}} "
+                             f"or {{texts = \"FILE\", subsample = N}}, got {spec!r}")
+        if "texts" in spec:
+            if not transfer_texts(config, spec).is_file():
+                raise ValueError(f"{where}.texts = {spec['texts']!r}: no such file "
+                                 f"({transfer_texts(config, spec)})")
+            sets[task] = spec
+            continue
         if spec["texts_of"] not in {*BUILTIN, *config.tasks}:
             raise ValueError(f"{where}.texts_of = {spec['texts_of']!r}: no such task (built "
                              f"in: {', '.join(BUILTIN)})")
@@ -229,11 +237,17 @@ def transfer_sets(config: RunConfig) -> dict[str, dict]:
     return sets
 
 
+def transfer_texts(config: RunConfig, spec: dict) -> Path:
+    """A transfer set's own file of texts (`texts`), found as task files are: in data.dir
+    unless the path is absolute."""
+    return Path(config.data.dir) / spec["texts"]
+
+
 def label_transfer_sets(config: RunConfig, overwrite: bool = False) -> None:
     """Writes each RUN/transfer-TASK.csv that is not there yet (or, with `overwrite`, the
     specialists retrained, again): the training texts of its source task (less the share
-    a run holds out), labelled by TASK's specialists."""
-    from minbert.labelling import label
+    a run holds out), or its file of texts, labelled by TASK's specialists."""
+    from minbert.labelling import label, label_file
     for task, spec in transfer_sets(config).items():
         out = transfer_file(config, task)
         if out.is_file() and not overwrite:  # labelled earlier (perhaps by fewer seeds)
@@ -241,14 +255,22 @@ def label_transfer_sets(config: RunConfig, overwrite: bool = False) -> None:
                 tqdm.write(f"{out}: labelled earlier, reused (delete it to have the "
                            "specialists there now label it again)")
             continue
-        source = build_task(spec["texts_of"], config.tasks.get(spec["texts_of"], {}))
-        rows, teachers = label([Path(config.run_dir) / f"{SPECIALIST}{task}"], task, source,
+        teachers = [Path(config.run_dir) / f"{SPECIALIST}{task}"]
+        progress = distributed.launched_as_main()
+        if "texts" in spec:
+            source = transfer_texts(config, spec)
+            rows, runs = label_file(teachers, task, source, out, config.data.eval_batch_size,
+                                    progress=progress)
+        else:
+            source = spec["texts_of"]
+            rows, runs = label(teachers, task,
+                               build_task(source, config.tasks.get(source, {})),
                                config.data.dir, out, config.data.validation,
                                config.data.validation_seed, config.data.eval_batch_size,
-                               progress=distributed.launched_as_main())
-        if distributed.launched_as_main():
-            tqdm.write(f"{out}: {rows:,} {spec['texts_of']} examples labelled for {task} by "
-                       f"its {teachers} specialist run(s)")
+                               progress=progress)
+        if progress:
+            tqdm.write(f"{out}: {rows:,} {source} examples labelled for {task} by its "
+                       f"{runs} specialist run(s)")
 
 
 def specialists_seed_results(folder) -> dict[str, dict]:

@@ -395,6 +395,57 @@ def test_labelling_errors_name_the_option(teacher, tmp_path, capsys, options, me
     assert message in capsys.readouterr().err and not (tmp_path / "out.csv").exists()
 
 
+def test_teachers_label_a_file_of_your_own_texts(teacher, tmp_path, capsys):
+    """--texts: one sentence a line for a one-text task (ids NAME-N), or a table with the
+    task's text columns whose `id` column gives the ids; each with the teachers' label."""
+    sentences = ["a wonderful , moving film", "dull and far too long", "it is a movie"]
+    lines = tmp_path / "reviews.txt"
+    lines.write_text("".join(f"{s}\n" for s in sentences), encoding="utf-8")
+    out = tmp_path / "transfer-sst.csv"
+    assert cli.main(["data", "label", str(teacher / "teacher"), "--task", "sst", "--texts",
+                     str(lines), "--out", str(out)]) == 0
+    assert f"wrote {out}: 3 {lines} examples labelled for sst" in capsys.readouterr().out
+    written = build_task("sst", {}).read(out)
+    assert written.ids == ["reviews-1", "reviews-2", "reviews-3"]
+    assert list(written.texts[0]) == sentences
+    expected = minbert.load(teacher / "teacher").predict("sst", sentences).labels
+    assert list(written.labels) == list(expected)
+
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("id\tsentence2\tsentence1\np1\ta dog runs\ta dog is running\n"
+                     "p2\tstocks fell\ta cat sleeps\n", encoding="utf-8")
+    assert cli.main(["data", "label", str(teacher / "teacher"), "--task", "sts", "--texts",
+                     str(pairs), "--out", str(out)]) == 0
+    written = build_task("sts", {}).read(out)
+    assert written.ids == ["p1", "p2"]  # the columns by name, in the task's order
+    assert list(zip(*written.texts)) == [("a dog is running", "a dog runs"),
+                                         ("a cat sleeps", "stocks fell")]
+    scores = minbert.load(teacher / "teacher").predict(
+        "sts", [("a dog is running", "a dog runs"), ("a cat sleeps", "stocks fell")]).scores
+    assert np.allclose(written.labels, scores, atol=1e-4)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--task", "sts", "--texts", "{pairs}", "--texts-of", "quora"], "not allowed with"),
+    (["--task", "sst", "--texts", "{pairs}"], "no column(s) ['sentence']"),
+    (["--task", "sts", "--texts", "{missing}"], "no such file"),
+    (["--task", "sst", "--texts", "{empty}"], "no texts to label"),
+])
+def test_labelling_a_file_names_what_is_wrong(teacher, tmp_path, capsys, options, message):
+    (tmp_path / "pairs.csv").write_text("sentence1,sentence2\na,b\n", encoding="utf-8")
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    files = {"pairs": tmp_path / "pairs.csv", "missing": tmp_path / "missing.txt",
+             "empty": tmp_path / "empty.txt"}
+    args = ["data", "label", str(teacher / "teacher"), "--out", str(tmp_path / "out.csv"),
+            *(option.format(**files) for option in options)]
+    try:
+        code = cli.main(args)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out.csv").exists()
+
+
 def test_hold_out_is_checked():
     with pytest.raises(ValueError, match="hold_out is true or false"):
         build_task("sts", {"train_files": [{"path": "a.csv", "hold_out": "no"}]})
@@ -412,17 +463,26 @@ def test_distill_transfer_has_the_specialists_label_another_tasks_texts_for_the_
     config = tmp_path / "bam.toml"
     for transfer, message in (({"sts": "sst"}, "its examples have 1 text(s), sts's have 2"),
                               ({"para": "quora"}, "'para' is not one of data.tasks"),
-                              ({"sts": {"texts_of": "quora", "size": 3}}, "a task name, or")):
+                              ({"sts": {"texts_of": "quora", "size": 3}}, "a task name, "),
+                              ({"sst": {"texts_of": "quora", "texts": "a.txt"}}, "a task name, "),
+                              ({"sst": {"texts": "missing.txt"}}, "no such file")):
         values["train"]["distill_transfer"] = transfer
         config.write_text(to_toml(values), encoding="utf-8")
         assert cli.main(["train", "--config", str(config), "--distill"]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "bam").exists()
-    values["train"]["distill_transfer"] = {"sts": {"texts_of": "quora", "subsample": 3}}
+    reviews = ["a wonderful , moving film", "dull and far too long", "it is a movie"]
+    (teacher / "data" / "reviews.txt").write_text("\n".join(reviews), encoding="utf-8")
+    values["train"]["distill_transfer"] = {"sts": {"texts_of": "quora", "subsample": 3},
+                                           "sst": {"texts": "reviews.txt"}}  # in data.dir
     config.write_text(to_toml(values), encoding="utf-8")
     assert cli.main(["train", "--config", str(config), "--distill"]) == 0
     transfer = tmp_path / "bam" / "transfer-sts.csv"
     out = capsys.readouterr().out
     assert "transfer-sts.csv: 4 quora examples labelled for sts" in out
+    assert "transfer-sst.csv: 3 " in out and "reviews.txt examples labelled for sst" in out
+    own = build_task("sst", {}).read(tmp_path / "bam" / "transfer-sst.csv")
+    assert list(own.texts[0]) == reviews and list(own.labels) == list(
+        minbert.load(tmp_path / "bam" / "specialist-sst").predict("sst", reviews).labels)
     verdict = out.split("the student against its specialists")[1]  # one run each: bootstrap
     assert "paired bootstrap over the same dev examples" in verdict and "\nsts " in verdict
     assert "--average" not in verdict  # one seed: no soup to suggest
@@ -436,6 +496,8 @@ def test_distill_transfer_has_the_specialists_label_another_tasks_texts_for_the_
     saved = json.loads((tmp_path / "bam" / "student" / "config.json").read_text())
     assert saved["tasks"]["sts"]["train_files"] == [
         "sts-train.csv", {"path": str(transfer.resolve()), "hold_out": False, "subsample": 3}]
+    assert saved["tasks"]["sst"]["train_files"][-1] == {
+        "path": str((tmp_path / "bam" / "transfer-sst.csv").resolve()), "hold_out": False}
     assert saved["train"]["distill_transfer"] == {}
     start = json.loads((tmp_path / "bam" / "student" / "log.jsonl").read_text().splitlines()[0])
     assert start["train_files"][str(transfer.resolve())] == 3
