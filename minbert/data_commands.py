@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "e.g. quora")
     texts.add_argument("--texts", help="a file of texts to label: one sentence a line, or a "
                        ".csv/.tsv table naming the task's text columns (as predict reads)")
+    q.add_argument("--columns", help="--texts: its table's text columns, e.g. review or "
+                   "q1,q2 (default: the task's)")
     q.add_argument("--out", required=True, help="the task file to write")
     q.add_argument("--data-dir", help="where the texts' task files are (default: as "
                    "data.dir)")
@@ -44,9 +46,12 @@ def run(args) -> int:
     elif args.data_command == "label":
         from minbert.config import default_data_dir
         from minbert.labelling import label, label_file
+        if args.columns and not args.texts:
+            raise ValueError("--columns names the columns of a --texts table; give --texts")
         if args.texts:
             rows, teachers = label_file(args.runs, args.task, args.texts, args.out,
-                                        progress=True)
+                                        progress=True,
+                                        columns=args.columns and args.columns.split(","))
         else:
             rows, teachers = label(args.runs, args.task, args.texts_of,
                                    args.data_dir or default_data_dir(), args.out,

@@ -11,7 +11,8 @@ classification task the ensemble's class.
 
 Texts of your own, unlabelled, label the same way: `--texts FILE` (one sentence a line
 for a one-text task such as sst; a .csv/.tsv table with the task's text columns, and an
-`id` column if you like, as `minbert predict` reads) in place of `--texts-of TASK`.
+`id` column if you like, as `minbert predict` reads; `--columns` names other columns) in
+place of `--texts-of TASK`.
 
 Only the training share of the source task's files is labelled: with `--validation F`
 (as `data.validation` of the runs that will train on the file, 0.1 in the recipes) the
@@ -54,14 +55,19 @@ def label(runs: Sequence[str | Path], task: str, texts_of: str | Task,
 
 
 def label_file(runs: Sequence[str | Path], task: str, texts: str | Path, out: str | Path,
-               batch_size: int = 64, progress: bool = False) -> tuple[int, int]:
+               batch_size: int = 64, progress: bool = False,
+               columns: Sequence[str] | None = None) -> tuple[int, int]:
     """Writes `out`: the examples of the file `texts` (one sentence a line for a one-text
-    task, else a table naming the task's text columns) with `task`'s label from the runs'
-    mean prediction, ids from its `id` column or `NAME-N` (the N-th text); returns the number of rows
-    and of teacher runs."""
+    task, else a table naming the task's text columns, or `columns`) with `task`'s label
+    from the runs' mean prediction, ids from its `id` column or `NAME-N` (the N-th text);
+    returns the number of rows and of teacher runs."""
     from minbert.predictor import read_inputs
     predictor, spec = _teachers(runs, task, out)
-    inputs, ids = read_inputs(str(texts), spec.text_columns)
+    if columns and len(columns) != len(spec.text_columns):
+        raise ValueError(f"--columns {','.join(columns)}: task {task} reads "
+                         f"{len(spec.text_columns)} text column(s)")
+    inputs, ids = read_inputs(str(texts), columns or spec.text_columns,
+                              table=True if columns else None)
     if not inputs:
         raise DataError(f"{texts}: no texts to label")
     if ids is None:  # the file's name and the example's number

@@ -424,12 +424,22 @@ def test_teachers_label_a_file_of_your_own_texts(teacher, tmp_path, capsys):
         "sts", [("a dog is running", "a dog runs"), ("a cat sleeps", "stocks fell")]).scores
     assert np.allclose(written.labels, scores, atol=1e-4)
 
+    reviews = tmp_path / "reviews.csv"  # a table with columns of other names: --columns
+    reviews.write_text("stars,review\n5,a wonderful film\n1,dull and long\n", encoding="utf-8")
+    assert cli.main(["data", "label", str(teacher / "teacher"), "--task", "sst", "--texts",
+                     str(reviews), "--columns", "review", "--out", str(out)]) == 0
+    written = build_task("sst", {}).read(out)  # written with the task's own columns
+    assert list(written.texts[0]) == ["a wonderful film", "dull and long"]
+    assert written.ids == ["reviews-1", "reviews-2"]
+
 
 @pytest.mark.parametrize("options, message", [
     (["--task", "sts", "--texts", "{pairs}", "--texts-of", "quora"], "not allowed with"),
     (["--task", "sst", "--texts", "{pairs}"], "no column(s) ['sentence']"),
     (["--task", "sts", "--texts", "{missing}"], "no such file"),
     (["--task", "sst", "--texts", "{empty}"], "no texts to label"),
+    (["--task", "sts", "--texts", "{pairs}", "--columns", "sentence1"], "task sts reads 2"),
+    (["--task", "sts", "--texts-of", "quora", "--columns", "a,b"], "give --texts"),
 ])
 def test_labelling_a_file_names_what_is_wrong(teacher, tmp_path, capsys, options, message):
     (tmp_path / "pairs.csv").write_text("sentence1,sentence2\na,b\n", encoding="utf-8")
