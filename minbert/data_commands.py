@@ -25,12 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     q.add_argument("--columns", help="--texts: its table's text columns, e.g. review or "
                    "q1,q2 (default: the task's)")
     q.add_argument("--out", required=True, help="the task file to write")
-    q.add_argument("--data-dir", help="where the texts' task files are (default: as "
+    q.add_argument("--data-dir", help="--texts-of: where its task files are (default: as "
                    "data.dir)")
-    q.add_argument("--validation", type=float, default=0.1, help="leave out the share of "
-                   "the source task a run holds out for validation (data.validation; "
-                   "default 0.1; 0 labels every example)")
-    q.add_argument("--validation-seed", type=int, default=0, help="data.validation_seed")
+    q.add_argument("--validation", type=float, default=0.1, help="--texts-of: leave out the "
+                   "share of its training texts a run holds out for validation "
+                   "(data.validation; default 0.1; 0 labels every example)")
+    q.add_argument("--validation-seed", type=int, default=0, help="--texts-of: "
+                   "data.validation_seed")
     q = data.add_parser("fetch", help="download the datasets (needs a network and `datasets`)")
     q.add_argument("datasets", nargs="*", default=["sst", "quora", "sts"],
                    help="some of sst quora sts snli yelp (default: sst quora sts)")
