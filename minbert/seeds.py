@@ -248,15 +248,15 @@ def label_transfer_sets(config: RunConfig, overwrite: bool = False) -> None:
     specialists retrained, again): the training texts of its source task (less the share
     a run holds out), or its file of texts, labelled by TASK's specialists."""
     from minbert.labelling import label, label_file
+    progress = distributed.launched_as_main()  # one process speaks
     for task, spec in transfer_sets(config).items():
         out = transfer_file(config, task)
         if out.is_file() and not overwrite:  # labelled earlier (perhaps by fewer seeds)
-            if distributed.launched_as_main():
+            if progress:
                 tqdm.write(f"{out}: labelled earlier, reused (delete it to have the "
                            "specialists there now label it again)")
             continue
         teachers = [Path(config.run_dir) / f"{SPECIALIST}{task}"]
-        progress = distributed.launched_as_main()
         if "texts" in spec:
             source = transfer_texts(config, spec)
             rows, runs = label_file(teachers, task, source, out, config.data.eval_batch_size,
